@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from vldd_lightning.core.retrieval import image_retrieval_ranks, retrieval_metrics, text_retrieval_ranks
+from vldd_lightning.core.retrieval import (
+    image_retrieval_ranks,
+    retrieval_metrics,
+    text_retrieval_ranks,
+)
 
 
 def test_perfect_diagonal_gives_full_recall():

@@ -1,5 +1,7 @@
 """The meta-gradient of the matching loss: finite differences, and the three unroll schemes."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -92,7 +94,7 @@ def test_tesla_error_is_first_order_in_learning_rate():
         args = (step_loss, segment, [images, texts], lr_image, lr_text, 3)
         errors.append(relative_error(matching_meta_gradient(*args, mode="plain"), matching_meta_gradient(*args, mode="tesla")))
     assert errors[0] > 1e-4  # the scheme is not exact for several steps
-    for larger, smaller in zip(errors, errors[1:], strict=False):
+    for larger, smaller in itertools.pairwise(errors):
         assert 0.4 < smaller / larger < 0.6
     assert errors[-1] < 0.05
 

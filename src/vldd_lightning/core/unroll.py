@@ -252,7 +252,7 @@ def matching_meta_gradient(
     lr_image: Tensor,
     lr_text: Tensor,
     syn_steps: int,
-    weights: MatchingWeights = MatchingWeights(),
+    weights: MatchingWeights | None = None,
     mode: UnrollMode = "plain",
 ) -> MetaGradient:
     """Unroll the student from ``segment`` and differentiate the matching loss.
@@ -271,4 +271,4 @@ def matching_meta_gradient(
         raise ValueError(f"syn_steps must be at least 1, got {syn_steps}")
     if mode not in _SCHEMES:
         raise ValueError(f"unknown unroll mode {mode!r}; choose one of {UNROLL_MODES}")
-    return _SCHEMES[mode](step_loss, segment, inputs, lr_image, lr_text, syn_steps, weights)
+    return _SCHEMES[mode](step_loss, segment, inputs, lr_image, lr_text, syn_steps, weights or MatchingWeights())

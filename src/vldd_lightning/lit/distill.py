@@ -1,0 +1,271 @@
+"""LightningModule for bi-trajectory matching: the synthetic pairs are its parameters.
+
+Each training step is one distillation iteration:
+
+1. draw an expert and a start epoch (each rank draws its own);
+2. unroll ``syn_steps`` SGD steps of a functional student from the expert's snapshot on
+   random mini-batches of the synthetic pairs (see :mod:`vldd_lightning.core.unroll`);
+3. compute the normalised image and text matching terms against the expert's later
+   snapshot, and their gradients with respect to the synthetic images, texts and the two
+   inner learning rates;
+4. average those gradients over ranks (DDP), skip the step if any is not finite, and step
+   the four optimisers; the learning rates are then projected into ``[syn_lr_min, syn_lr_max]``.
+
+All randomness of iteration i on rank r derives from ``(seed, i, r)``, so a resumed run
+repeats exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from vldd_lightning.core.augment import differentiable_augment, parse_strategy
+from vldd_lightning.core.contrastive import clip_loss
+from vldd_lightning.core.matching import MatchingWeights
+from vldd_lightning.core.params import FunctionalModel
+from vldd_lightning.core.unroll import MetaGradient, matching_meta_gradient
+from vldd_lightning.errors import NonFiniteError
+from vldd_lightning.models.dual_encoder import DualEncoder
+from vldd_lightning.storage.trajectories import TrajectoryBuffer
+from vldd_lightning.utils.hashing import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    iterations: int
+    syn_steps: int
+    expert_epochs: int
+    max_start_epoch: int
+    mini_batch_size: int
+    lr_image: float
+    lr_text: float
+    lr_lr: float
+    momentum: float
+    syn_lr_min: float
+    syn_lr_max: float
+    image_weight: float
+    text_weight: float
+    augment: str  # an augmentation strategy, "" for none
+    unroll: str
+    hoist_frozen_features: bool
+    inner_logit_scale: float
+    max_consecutive_skips: int
+    seed: int
+    autocast_dtype: torch.dtype | None = None  # bfloat16 autocast of the student's forward
+
+
+class _Iterations(IterableDataset):
+    """Yield one item per remaining iteration; the module's ``iteration`` buffer is the counter.
+
+    The length is the total number of iterations: on resume Lightning restores how many
+    batches of the epoch it already ran, which equals the restored counter.
+    """
+
+    def __init__(self, module: DistillModule) -> None:
+        self.module = module
+
+    def __len__(self) -> int:
+        return self.module.settings.iterations
+
+    def __iter__(self):
+        while int(self.module.iteration) < self.module.settings.iterations:
+            yield int(self.module.iteration)
+
+
+class DistillModule(L.LightningModule):
+    def __init__(
+        self,
+        student: DualEncoder,
+        buffer: TrajectoryBuffer,
+        image_syn: Tensor,
+        text_syn: Tensor,
+        syn_lr_init: float,
+        settings: DistillSettings,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.settings = settings
+        self.image_syn = nn.Parameter(image_syn.clone())
+        self.text_syn = nn.Parameter(text_syn.clone())
+        self.syn_lr_image = nn.Parameter(torch.tensor(float(syn_lr_init)))
+        self.syn_lr_text = nn.Parameter(torch.tensor(float(syn_lr_init)))
+        self.register_buffer("iteration", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("skipped_steps", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("consecutive_skips", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("lr_clamps", torch.tensor(0, dtype=torch.long))
+        # the student is not a submodule: it is rebuilt from the pretrained weights, never
+        # trained as a module, and must not be part of the checkpoint or of DDP's buckets
+        self._student = [student]
+        self.buffer = buffer
+        self.operations = parse_strategy(settings.augment)
+        self.weights = MatchingWeights(settings.image_weight, settings.text_weight)
+        self._last_time: float | None = None
+
+    @property
+    def student(self) -> DualEncoder:
+        return self._student[0]
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.image_syn.shape[0])
+
+    def setup(self, stage: str) -> None:
+        self.student.to(self.device).train()
+        self.functional = FunctionalModel(self.student, (self.student.image_layout, self.student.text_layout))
+        self.hoist = self.settings.hoist_frozen_features and not self.student.backbone_trainable
+
+    def on_fit_start(self) -> None:
+        self.student.to(self.device).train()
+        self.functional = FunctionalModel(self.student, (self.student.image_layout, self.student.text_layout))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Iterations(self), batch_size=None)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        s = self.settings
+        return [
+            torch.optim.SGD([self.image_syn], lr=s.lr_image, momentum=s.momentum),
+            torch.optim.SGD([self.text_syn], lr=s.lr_text, momentum=s.momentum),
+            torch.optim.SGD([self.syn_lr_image], lr=s.lr_lr, momentum=s.momentum),
+            torch.optim.SGD([self.syn_lr_text], lr=s.lr_lr, momentum=s.momentum),
+        ]
+
+    # one distillation iteration
+
+    def _generator(self, *keys: object) -> torch.Generator:
+        device = self.device if self.device.type == "cuda" else "cpu"
+        return torch.Generator(device=device).manual_seed(derive_seed(self.settings.seed, *keys))
+
+    def _draw(self, iteration: int) -> tuple[int, int, list[Tensor]]:
+        s = self.settings
+        g = self._generator("draw", iteration, self.global_rank)
+        expert = int(torch.randint(len(self.buffer), (1,), generator=g, device=g.device))
+        start = int(torch.randint(s.max_start_epoch, (1,), generator=g, device=g.device))
+        batches = [
+            torch.randperm(self.num_pairs, generator=g, device=g.device)[: s.mini_batch_size].to(self.device)
+            for _ in range(s.syn_steps)
+        ]
+        return expert, start, batches
+
+    def compute_meta_gradient(self, iteration: int) -> MetaGradient:
+        """Unroll the student for this iteration's draw and differentiate the matching loss.
+
+        ``input_grads`` of the result are the gradients of the synthetic images and texts.
+        """
+        s = self.settings
+        expert, start, batches = self._draw(iteration)
+        segment = self.buffer.segment(expert, start, s.expert_epochs, self.device)
+        rank = self.global_rank
+
+        if self.hoist:
+            # frozen backbone: augment and encode every synthetic image once per iteration
+            images = differentiable_augment(self.image_syn, self.operations, self._generator("augment", iteration, rank))
+            features = self.student.image_features(images)
+            inputs = [features, self.text_syn]
+        else:
+            inputs = [self.image_syn, self.text_syn]
+
+        def step_loss(theta: Tensor, phi: Tensor, j: int) -> Tensor:
+            index = batches[j]
+            texts = inputs[1][index]
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(derive_seed(s.seed, "dropout", iteration, rank, j))
+                with torch.autocast(self.device.type, dtype=s.autocast_dtype or torch.float32,
+                                    enabled=s.autocast_dtype is not None):
+                    if self.hoist:
+                        image_emb, text_emb = self.functional((theta, phi), texts, image_features=inputs[0][index])
+                    else:
+                        g = self._generator("augment", iteration, rank, j)
+                        images = differentiable_augment(inputs[0][index], self.operations, g)
+                        image_emb, text_emb = self.functional((theta, phi), texts, images=images)
+            return clip_loss(image_emb.float(), text_emb.float(), s.inner_logit_scale)
+
+        result = matching_meta_gradient(
+            step_loss, segment, inputs, self.syn_lr_image, self.syn_lr_text,
+            s.syn_steps, self.weights, s.unroll,  # type: ignore[arg-type]
+        )
+        if self.hoist:
+            (image_grad,) = torch.autograd.grad(features, self.image_syn, result.input_grads[0])
+            result.input_grads[0] = image_grad
+        return result
+
+    def training_step(self, batch: int, batch_idx: int) -> None:
+        iteration = int(self.iteration)
+        result = self.compute_meta_gradient(iteration)
+        params = [self.image_syn, self.text_syn, self.syn_lr_image, self.syn_lr_text]
+        grads = [*result.input_grads, result.lr_image_grad, result.lr_text_grad]
+
+        optimizers = self.optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        # backpropagating <p, g> sets p.grad = g and lets DDP average it over ranks
+        surrogate = sum((p * g.detach()).sum() for p, g in zip(params, grads, strict=True))
+        self.manual_backward(surrogate)
+
+        local_bad = not bool(torch.isfinite(result.loss)) or any(
+            p.grad is None or not bool(torch.isfinite(p.grad).all()) for p in params
+        )
+        bad = self.trainer.strategy.reduce_boolean_decision(local_bad, all=False)
+        if bad:
+            self._skip_step(iteration, result)
+        else:
+            self.consecutive_skips.zero_()
+            for optimizer in optimizers:
+                optimizer.step()
+            self._project_learning_rates()
+        self.iteration += 1
+        self._log_iteration(result, grads)
+
+    def _skip_step(self, iteration: int, result: MetaGradient) -> None:
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        for p in (self.image_syn, self.text_syn, self.syn_lr_image, self.syn_lr_text):
+            p.grad = None
+        log.warning("iteration %d: non-finite matching loss or gradient (loss %s); step skipped",
+                    iteration, float(result.loss))
+        if int(self.consecutive_skips) >= self.settings.max_consecutive_skips:
+            raise NonFiniteError(
+                f"{int(self.consecutive_skips)} distillation steps in a row had a non-finite "
+                f"loss or gradient (iteration {iteration}); lower distill.lr_image "
+                f"(now {self.settings.lr_image}), distill.lr_text ({self.settings.lr_text}) or "
+                f"distill.syn_lr_init, or use fewer distill.syn_steps"
+            )
+
+    @torch.no_grad()
+    def _project_learning_rates(self) -> None:
+        low, high = self.settings.syn_lr_min, self.settings.syn_lr_max
+        for lr in (self.syn_lr_image, self.syn_lr_text):
+            if not low <= float(lr) <= high:
+                self.lr_clamps += 1
+                log.warning("inner learning rate %.4g left [%g, %g] and was clipped", float(lr), low, high)
+                lr.clamp_(low, high)
+
+    def _log_iteration(self, result: MetaGradient, grads: list[Tensor]) -> None:
+        now = time.perf_counter()
+        metrics = {
+            "distill/match_loss": result.loss,
+            "distill/image_term": result.image_term,
+            "distill/text_term": result.text_term,
+            "distill/student_loss": result.student_loss,
+            "distill/syn_lr_image": self.syn_lr_image.detach(),
+            "distill/syn_lr_text": self.syn_lr_text.detach(),
+            "distill/grad_norm_image": grads[0].norm(),
+            "distill/grad_norm_text": grads[1].norm(),
+            "distill/skipped_steps": self.skipped_steps.float(),
+            "distill/lr_clamps": self.lr_clamps.float(),
+            "distill/iteration": self.iteration.float(),
+        }
+        if self._last_time is not None:
+            metrics["distill/iterations_per_s"] = torch.tensor(1.0 / max(now - self._last_time, 1e-9))
+        self._last_time = now
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, on_step=True, on_epoch=False)
+        self.log("match", result.loss.float(), prog_bar=True, logger=False)
