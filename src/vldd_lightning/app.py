@@ -88,8 +88,7 @@ def hydra_entry(cfg: DictConfig) -> None:
     try:
         run(cfg, run_dir)
     except VlddError as error:
-        log.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)  # Hydra's handlers print it and write it to the run's log file
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise
         sys.exit(2)

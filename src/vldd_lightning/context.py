@@ -177,7 +177,7 @@ class ExperimentContext:
     @property
     def backbone_spec(self) -> BackboneSpec:
         encoder = self.cfg.encoder
-        return BackboneSpec(encoder.arch, encoder.weights, encoder.bn_eps)
+        return BackboneSpec(encoder.arch, encoder.weights, encoder.bn_eps, encoder.image_size)
 
     @property
     def dual_spec(self) -> DualEncoderSpec:

@@ -81,6 +81,19 @@ class _Iterations(IterableDataset):
             yield int(self.module.iteration)
 
 
+class _IterationLoader(DataLoader):
+    """A loader whose position is the module's ``iteration`` buffer, restored with the weights.
+
+    The empty state tells Lightning that resuming mid-epoch is safe.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        pass
+
+
 class DistillModule(L.LightningModule):
     def __init__(
         self,
@@ -119,6 +132,11 @@ class DistillModule(L.LightningModule):
         return int(self.image_syn.shape[0])
 
     def setup(self, stage: str) -> None:
+        # fused attention kernels (timm's scaled_dot_product_attention path) have no double
+        # backward, which the unroll needs; the explicit softmax attention does
+        for module in self.student.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
         self.student.to(self.device).train()
         self.functional = FunctionalModel(self.student, (self.student.image_layout, self.student.text_layout))
         self.hoist = self.settings.hoist_frozen_features and not self.student.backbone_trainable
@@ -128,7 +146,7 @@ class DistillModule(L.LightningModule):
         self.functional = FunctionalModel(self.student, (self.student.image_layout, self.student.text_layout))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Iterations(self), batch_size=None)
+        return _IterationLoader(_Iterations(self), batch_size=None)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         s = self.settings
@@ -163,7 +181,7 @@ class DistillModule(L.LightningModule):
         """
         s = self.settings
         expert, start, batches = self._draw(iteration)
-        segment = self.buffer.segment(expert, start, s.expert_epochs, self.device)
+        segment = self.buffer.segment(expert, start, s.expert_epochs, self.device, self.image_syn.dtype)
         rank = self.global_rank
 
         if self.hoist:
@@ -187,7 +205,9 @@ class DistillModule(L.LightningModule):
                         g = self._generator("augment", iteration, rank, j)
                         images = differentiable_augment(inputs[0][index], self.operations, g)
                         image_emb, text_emb = self.functional((theta, phi), texts, images=images)
-            return clip_loss(image_emb.float(), text_emb.float(), s.inner_logit_scale)
+            # the loss runs in at least float32, also when autocast produced bfloat16 embeddings
+            dtype = torch.promote_types(image_emb.dtype, torch.float32)
+            return clip_loss(image_emb.to(dtype), text_emb.to(dtype), s.inner_logit_scale)
 
         result = matching_meta_gradient(
             step_loss, segment, inputs, self.syn_lr_image, self.syn_lr_text,
@@ -243,10 +263,12 @@ class DistillModule(L.LightningModule):
     @torch.no_grad()
     def _project_learning_rates(self) -> None:
         low, high = self.settings.syn_lr_min, self.settings.syn_lr_max
-        for lr in (self.syn_lr_image, self.syn_lr_text):
-            if not low <= float(lr) <= high:
+        for name, lr in (("syn_lr_image", self.syn_lr_image), ("syn_lr_text", self.syn_lr_text)):
+            value = lr.item()
+            if not low <= value <= high:
                 self.lr_clamps += 1
-                log.warning("inner learning rate %.4g left [%g, %g] and was clipped", float(lr), low, high)
+                log.warning("%s stepped to %.4g, outside [%g, %g]; clipped (iteration %d)",
+                            name, value, low, high, int(self.iteration))
                 lr.clamp_(low, high)
 
     def _log_iteration(self, result: MetaGradient, grads: list[Tensor]) -> None:

@@ -23,6 +23,7 @@ class BackboneSpec:
     arch: str  # timm architecture name
     weights: str  # "timm" (hub download), "none", "package:<module>" or a weights file path
     bn_eps: float | None = None  # override BatchNorm eps, e.g. 1e-3 for TensorFlow-trained weights
+    image_size: int | None = None  # input size for architectures built for one size (ViTs)
 
 
 def _package_weights(module_name: str) -> Path:
@@ -92,8 +93,12 @@ def load_weights(model: nn.Module, weights: str) -> None:
 def build_backbone(spec: BackboneSpec) -> nn.Module:
     """Create a timm backbone that returns pooled features (``num_classes=0``)."""
     pretrained = spec.weights == "timm"
+    kwargs = {}
+    pretrained_cfg = timm.get_pretrained_cfg(spec.arch)
+    if spec.image_size and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = spec.image_size  # timm resizes the position embeddings
     try:
-        model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0)
+        model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as error:
         raise ConfigError(f"timm cannot create encoder.arch={spec.arch!r}: {error}") from error
     except OSError as error:  # hub download failed, e.g. offline

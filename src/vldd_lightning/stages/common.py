@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from vldd_lightning.errors import ConfigError
 from vldd_lightning.utils.hashing import stable_hash
 
 log = logging.getLogger(__name__)
+
+# The image backbone stays in eval mode on purpose (frozen BatchNorm statistics, see DualEncoder).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 METRIC_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 
@@ -62,7 +66,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     if settings.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={settings.mode!r} is invalid; choose offline, online or disabled")
     tags = [str(tag) for tag in settings.tags] + [
-        f"experiment:{cfg.experiment_name}", f"dataset:{cfg.dataset.name}", f"pairs:{cfg.distill.num_pairs}",
+        f"experiment:{cfg.experiment_name}", f"dataset:{cfg.dataset.name}", f"pairs:{cfg.num_pairs}",
         f"stage:{cfg.stage}",
     ]
     return [WandbLogger(

@@ -211,14 +211,14 @@ def run_distill(state: RunState) -> dict[str, Any]:
         "reused": False,
         "skipped_steps": int(module.skipped_steps),
         "lr_clamps": int(module.lr_clamps),
-        "syn_lr_image": float(module.syn_lr_image),
-        "syn_lr_text": float(module.syn_lr_text),
+        "syn_lr_image": module.syn_lr_image.item(),
+        "syn_lr_text": module.syn_lr_text.item(),
     }
 
 
 def export(state: RunState, module: DistillModule, folder: Path, init_captions: list[int]) -> Path:
     cfg, ctx = state.cfg, state.context
-    protocol = Protocol.from_config(cfg.evaluate.protocol, float(module.syn_lr_image), float(module.syn_lr_text))
+    protocol = Protocol.from_config(cfg.evaluate.protocol, module.syn_lr_image.item(), module.syn_lr_text.item())
     metadata = {
         "kind": "distilled",
         "method": "distilled",
@@ -232,7 +232,7 @@ def export(state: RunState, module: DistillModule, folder: Path, init_captions: 
         "initial_captions": init_captions,
     }
     pairs = PairSet(module.image_syn.detach().cpu(), module.text_syn.detach().cpu(),
-                    float(module.syn_lr_image), float(module.syn_lr_text), metadata)
+                    module.syn_lr_image.item(), module.syn_lr_text.item(), metadata)
     output = folder / DISTILLED_NAME
     if not torch.isfinite(pairs.images).all() or not torch.isfinite(pairs.text_embeddings).all():
         raise ArtifactError("the synthetic pairs contain non-finite values; nothing was exported")

@@ -112,8 +112,9 @@ class TrajectoryBuffer:
     def min_snapshots(self) -> int:
         return min(record.snapshots for record in self.experts)
 
-    def segment(self, expert: int, start: int, span: int, device: torch.device | str = "cpu") -> TrajectorySegment:
-        """Return snapshots ``start`` and ``start + span`` of an expert as float32 vectors."""
+    def segment(self, expert: int, start: int, span: int, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> TrajectorySegment:
+        """Return snapshots ``start`` and ``start + span`` of an expert as flat vectors."""
         record = self.experts[expert]
         if start < 0 or start + span >= record.snapshots:
             raise ArtifactError(
@@ -128,7 +129,7 @@ class TrajectoryBuffer:
         except (SafetensorError, OSError, ValueError) as error:
             raise ArtifactError(f"{record.path} is corrupt or truncated ({error}); delete it and rerun stage=buffer") from error
         image_start, image_target, text_start, text_target = (
-            row.reshape(-1).to(device=device, dtype=torch.float32) for row in rows
+            row.reshape(-1).to(device=device, dtype=dtype) for row in rows
         )
         for name, row in (("image", image_start), ("image", image_target), ("text", text_start), ("text", text_target)):
             if not torch.isfinite(row).all():
