@@ -29,21 +29,25 @@ def tiny_student(trainable: str, arch: str = "test_nfnet") -> DualEncoder:
     return DualEncoder(spec).double()
 
 
-def write_buffer(folder, student: DualEncoder) -> TrajectoryBuffer:
+def write_buffer(folder, student: DualEncoder, experts: int = 1) -> TrajectoryBuffer:
+    """Experts whose trajectories start at the student and take small random steps."""
     params = dict(student.named_parameters())
     image0 = student.image_layout.flatten(params).detach()
     text0 = student.text_layout.flatten(params).detach()
-    generator = torch.Generator().manual_seed(1)
-    image1 = image0 + 0.01 * torch.randn(image0.shape, generator=generator, dtype=image0.dtype)
-    text1 = text0 + 0.01 * torch.randn(text0.shape, generator=generator, dtype=text0.dtype)
-    save_expert(expert_path(folder, 0), [image0, image1], [text0, text1], IDENTITY,
-                student.image_layout, student.text_layout, "float32", {})
+    for index in range(experts):
+        generator = torch.Generator().manual_seed(1 + index)
+        images, texts = [image0], [text0]
+        for _ in range(2):
+            images.append(images[-1] + 0.01 * torch.randn(image0.shape, generator=generator, dtype=image0.dtype))
+            texts.append(texts[-1] + 0.01 * torch.randn(text0.shape, generator=generator, dtype=text0.dtype))
+        save_expert(expert_path(folder, index), images, texts, IDENTITY,
+                    student.image_layout, student.text_layout, "float32", {})
     return TrajectoryBuffer(folder, IDENTITY, student.image_layout, student.text_layout)
 
 
-def make_module(tmp_path, trainable="all", settings=SETTINGS, n=4, arch="test_nfnet"):
+def make_module(tmp_path, trainable="all", settings=SETTINGS, n=4, arch="test_nfnet", experts=1):
     student = tiny_student(trainable, arch)
-    buffer = write_buffer(tmp_path, student)
+    buffer = write_buffer(tmp_path, student, experts)
     generator = torch.Generator().manual_seed(2)
     images = torch.randn(n, 3, 16, 16, generator=generator, dtype=torch.float64)
     texts = torch.randn(n, TEXT_DIM, generator=generator, dtype=torch.float64)
@@ -157,3 +161,21 @@ def test_learning_rate_step_below_zero_is_clamped(tmp_path):
     assert int(module.lr_clamps) >= 1
     for lr in (module.syn_lr_image, module.syn_lr_text):
         assert SETTINGS.syn_lr_min <= float(lr) <= SETTINGS.syn_lr_max
+
+
+@pytest.mark.parametrize("trainable", ["all", "none"])
+def test_bfloat16_autocast_meta_gradient_is_close_to_float32(tmp_path, trainable):
+    module = make_module(tmp_path, trainable)
+    module.float()
+    module.student.float()
+    module.setup("fit")
+    reference = module.compute_meta_gradient(0)
+    module.settings = replace(module.settings, autocast_dtype=torch.bfloat16)
+    low = module.compute_meta_gradient(0)
+    pairs = zip([*reference.input_grads, reference.lr_image_grad, reference.lr_text_grad],
+                [*low.input_grads, low.lr_image_grad, low.lr_text_grad], strict=True)
+    for exact, approximate in pairs:
+        exact, approximate = exact.flatten().double(), approximate.flatten().double()
+        assert torch.isfinite(approximate).all()
+        assert torch.nn.functional.cosine_similarity(exact, approximate, dim=0) > 0.98
+        assert (exact - approximate).norm() / exact.norm() < 0.2

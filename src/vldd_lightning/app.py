@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from vldd_lightning.errors import VlddError
 from vldd_lightning.utils.atomic import atomic_write_json, atomic_write_text
@@ -80,15 +80,58 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).handlers.clear()
 
 
+def prepare_ddp_children() -> None:
+    """Make the processes Lightning starts for DDP rerun this job alone, in this job's folder.
+
+    Lightning restarts ``sys.argv`` with ``hydra.run.dir`` set to the run folder. In a
+    multirun, that command would start the whole sweep again in another folder, so it is
+    replaced by this job's own overrides and its output folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode.name != "MULTIRUN":
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+_DDP_ENVIRONMENT = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def end_distributed_job(saved_environment: dict[str, str | None]) -> None:
+    """Leave the process as before the job, so the next job of a sweep starts its own DDP.
+
+    Lightning sets the rank variables in the launching process and keeps the process group;
+    the next job would otherwise reuse a group whose other processes have exited.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved_environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_library_logs()
+    prepare_ddp_children()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    saved_environment = {key: os.environ.get(key) for key in _DDP_ENVIRONMENT}
     try:
         run(cfg, run_dir)
     except VlddError as error:
         log.error("%s", error)  # Hydra's handlers print it and write it to the run's log file
-        if HydraConfig.get().mode.name == "MULTIRUN":
+        if multirun:
             raise
         sys.exit(2)
+    finally:
+        if multirun:
+            end_distributed_job(saved_environment)

@@ -162,7 +162,7 @@ class ContrastiveModule(L.LightningModule):
             metrics = retrieval_metrics(image_emb @ text_emb.T, target.caption_to_image)
         self.last_metrics[split] = metrics
         for name, value in metrics.items():
-            self.log(f"{split}/{name}", value, sync_dist=False, rank_zero_only=False)
+            self.log(f"{split}/{name}", value, sync_dist=True)
 
 
 class BestValidationState(L.Callback):

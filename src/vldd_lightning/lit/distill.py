@@ -122,6 +122,7 @@ class DistillModule(L.LightningModule):
         self.operations = parse_strategy(settings.augment)
         self.weights = MatchingWeights(settings.image_weight, settings.text_weight)
         self._last_time: float | None = None
+        self.last_draw: tuple[int, int] | None = None  # (expert, start epoch) of the latest iteration
 
     @property
     def student(self) -> DualEncoder:
@@ -181,6 +182,7 @@ class DistillModule(L.LightningModule):
         """
         s = self.settings
         expert, start, batches = self._draw(iteration)
+        self.last_draw = (expert, start)
         segment = self.buffer.segment(expert, start, s.expert_epochs, self.device, self.image_syn.dtype)
         rank = self.global_rank
 

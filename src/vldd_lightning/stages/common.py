@@ -90,20 +90,21 @@ def build_trainer(
     callbacks: list[L.Callback] | None = None,
     max_epochs: int | None = None,
     check_val_every_n_epoch: int | None = None,
-    devices: Any = None,
+    single_device: bool = False,
     limit_val_batches: float | None = None,
 ) -> L.Trainer:
+    """A Trainer from ``cfg.trainer``; ``single_device`` runs on one device without DDP."""
     settings = cfg.trainer
     if settings.num_threads:
         torch.set_num_threads(int(settings.num_threads))
-    strategy: Any = settings.strategy
+    strategy: Any = "auto" if single_device else settings.strategy
     accelerator = settings.accelerator
     if strategy in ("ddp", "ddp_spawn") and (accelerator == "cpu" or not torch.cuda.is_available()):
         strategy = DDPStrategy(process_group_backend="gloo", start_method="popen" if strategy == "ddp" else "spawn")
     return L.Trainer(
         accelerator=accelerator,
-        devices=settings.devices if devices is None else devices,
-        num_nodes=settings.num_nodes,
+        devices=1 if single_device else settings.devices,
+        num_nodes=1 if single_device else settings.num_nodes,
         strategy=strategy,
         precision=settings.precision,
         max_epochs=max_epochs,
@@ -119,6 +120,13 @@ def build_trainer(
         check_val_every_n_epoch=check_val_every_n_epoch,
         limit_val_batches=limit_val_batches,
     )
+
+
+def global_rank() -> int:
+    """This process's rank in the default process group (0 outside distributed runs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 def artifact_dir(ctx: ExperimentContext, kind: str, label: str, parts: dict[str, Any]) -> Path:

@@ -16,7 +16,7 @@ from vldd_lightning.context import absolute_path
 from vldd_lightning.data.pairs import TensorPairs
 from vldd_lightning.errors import ConfigError
 from vldd_lightning.stages.buffer import buffer_augment
-from vldd_lightning.stages.common import RunState, format_metrics, summarise
+from vldd_lightning.stages.common import RunState, format_metrics, global_rank, summarise
 from vldd_lightning.stages.coreset import CORESET_METHODS, make_coreset
 from vldd_lightning.stages.distill import DISTILLED_NAME, distill_folder, run_distill
 from vldd_lightning.stages.training import Protocol, real_train_pairs, train_and_test
@@ -126,6 +126,9 @@ def _record(state: RunState, method: str, num_pairs: int, runs: list[dict[str, A
 
 def run_evaluate(state: RunState, methods: list[str] | None = None) -> dict[str, Any]:
     cfg = state.cfg
+    if global_rank() != 0:
+        # students train on one device; in a DDP job rank zero evaluates for everyone
+        return {"evaluations": []}
     if cfg.evaluate.pairs:
         path = absolute_path(cfg.evaluate.pairs)
         evaluations = [evaluate_pairset_file(state, path, load_pairset(path).metadata.get("method", "pairs"))]

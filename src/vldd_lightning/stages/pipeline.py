@@ -19,5 +19,6 @@ def run_all(state: RunState) -> dict[str, Any]:
     results["buffer"] = run_buffer(state)
     results["distill"] = run_distill(state)
     results |= run_evaluate(state, list(state.cfg.all.methods))
-    print("\n" + results_table(results["evaluations"]) + "\n", flush=True)
+    if results["evaluations"]:  # empty on the other ranks of a DDP job
+        print("\n" + results_table(results["evaluations"]) + "\n", flush=True)
     return results

@@ -122,7 +122,7 @@ def train_and_test(
         state.cfg, state.run_dir, state.loggers if use_logger else [],
         callbacks=[best], max_epochs=protocol.epochs,
         check_val_every_n_epoch=protocol.val_every if protocol.select_on_val else 1,
-        devices=1, limit_val_batches=1.0 if protocol.select_on_val else 0,
+        single_device=True, limit_val_batches=1.0 if protocol.select_on_val else 0,
     )
     loader = train_loader(ctx, dataset, protocol.batch_size, seed)
     val_loader = retrieval_loader(ctx, "val") if protocol.select_on_val else None
