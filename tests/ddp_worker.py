@@ -16,9 +16,8 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distill_module import SETTINGS, make_module  # noqa: E402
-
-from vldd_lightning.lit.callbacks import AtomicCheckpoint  # noqa: E402
+from test_distill_module import SETTINGS, make_module
+from vldd_lightning.lit.callbacks import AtomicCheckpoint
 
 
 def digest(module) -> str:
