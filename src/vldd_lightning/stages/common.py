@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,28 @@ class RunState:
             wandb.finish()
 
 
+def run_grouping(cfg: DictConfig) -> tuple[str, str]:
+    """W&B group and run name: runs of one sweep share a group.
+
+    A W&B sweep (``WANDB_SWEEP_ID``) groups by its id, a Hydra multirun by its sweep folder,
+    a single run by ``experiment_name``; ``logger.group`` overrides all three.
+    """
+    name = f"{cfg.experiment_name}/{cfg.stage}"
+    group = str(cfg.experiment_name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode.name == "MULTIRUN":
+            group = f"{cfg.experiment_name}/{Path(hydra_cfg.sweep.dir).name}"
+            name = f"{name}/{hydra_cfg.job.override_dirname or hydra_cfg.job.num}"
+    except ValueError:  # Hydra is not initialised (library use)
+        pass
+    if os.environ.get("WANDB_SWEEP_ID"):
+        group = f"wandb-sweep-{os.environ['WANDB_SWEEP_ID']}"
+    return (str(cfg.logger.group) if cfg.logger.group else group), name
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     settings = cfg.logger
     if settings.kind == "none":
@@ -69,13 +92,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         f"experiment:{cfg.experiment_name}", f"dataset:{cfg.dataset.name}", f"pairs:{cfg.num_pairs}",
         f"stage:{cfg.stage}",
     ]
+    group, name = run_grouping(cfg)
     return [WandbLogger(
         project=settings.project,
         entity=settings.entity,
         save_dir=str(run_dir),
         offline=settings.mode == "offline",
         mode=settings.mode,
-        group=settings.group or cfg.experiment_name,
+        group=group,
+        name=name,
         tags=tags,
         job_type=str(cfg.stage),
         config=OmegaConf.to_container(cfg, resolve=True),

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vldd_lightning.context import absolute_path
 from vldd_lightning.data.pairs import TensorPairs
-from vldd_lightning.errors import ConfigError
+from vldd_lightning.errors import ArtifactError, ConfigError
 from vldd_lightning.stages.buffer import buffer_augment
 from vldd_lightning.stages.common import RunState, format_metrics, global_rank, summarise
 from vldd_lightning.stages.coreset import CORESET_METHODS, make_coreset
 from vldd_lightning.stages.distill import DISTILLED_NAME, distill_folder, run_distill
 from vldd_lightning.stages.training import Protocol, real_train_pairs, train_and_test
 from vldd_lightning.storage.pairset import check_pairset_identity, load_pairset
-from vldd_lightning.utils.hashing import derive_seed
+from vldd_lightning.utils.atomic import atomic_write_json, read_json
+from vldd_lightning.utils.hashing import derive_seed, file_sha256, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def eval_seeds(state: RunState) -> list[int]:
     return [derive_seed(state.cfg.seed, "eval", i) % (2**31) for i in range(count)]
 
 
-def _pair_dataset(state: RunState, path: Path):
+def _pair_dataset(state: RunState, path: Path) -> tuple[TensorPairs, Protocol, int]:
     ctx = state.context
     pairs = load_pairset(path)
     check_pairset_identity(pairs, ctx.identity(), path)
@@ -64,11 +66,32 @@ def ensure_distilled(state: RunState) -> Path:
     return path
 
 
+def cached_student(state: RunState, parts: dict[str, Any], train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``train`` once per ``parts``: finished students are read back on a rerun.
+
+    A killed evaluation thus resumes with the next student, and repeats nothing it finished.
+    """
+    ctx = state.context
+    key = stable_hash({"identity": ctx.identity(), **parts}, 20)
+    path = ctx.paths["artifacts_dir"] / "evaluations" / f"{key}.json"
+    if path.is_file():
+        try:
+            return read_json(path, "evaluation record")
+        except ArtifactError as error:
+            log.warning("%s; training this student again", error)
+    result = train()
+    atomic_write_json(path, result)
+    return result
+
+
+def _train_on_pairs(state: RunState, path: Path, dataset: TensorPairs, protocol: Protocol, seed: int) -> dict[str, Any]:
+    parts = {"pairs": file_sha256(path), "protocol": protocol.as_dict(), "seed": seed}
+    return cached_student(state, parts, lambda: train_and_test(state, dataset, protocol, seed))
+
+
 def evaluate_pairset_file(state: RunState, path: Path, label: str) -> dict[str, Any]:
     dataset, protocol, num_pairs = _pair_dataset(state, path)
-    runs = []
-    for seed in eval_seeds(state):
-        runs.append(train_and_test(state, dataset, protocol, seed))
+    runs = [_train_on_pairs(state, path, dataset, protocol, seed) for seed in eval_seeds(state)]
     return _record(state, label, num_pairs, runs, protocol, [str(path)])
 
 
@@ -82,8 +105,9 @@ def evaluate_method(state: RunState, spec: str) -> dict[str, Any]:
         augment = buffer_augment(cfg) if cfg.train_full.augment else None
         runs = []
         for seed in eval_seeds(state):
-            dataset = real_train_pairs(ctx, augment, seed, view_seed=cfg.seed)
-            runs.append(train_and_test(state, dataset, protocol, seed))
+            parts = {"full": True, "protocol": protocol.as_dict(), "augment": augment, "view_seed": cfg.seed, "seed": seed}
+            runs.append(cached_student(state, parts, lambda seed=seed: train_and_test(
+                state, real_train_pairs(ctx, augment, seed, view_seed=cfg.seed), protocol, seed)))
         return _record(state, spec, ctx.splits["train"].num_captions, runs, protocol, [])
 
     num_pairs = cfg.num_pairs * multiple
@@ -92,7 +116,7 @@ def evaluate_method(state: RunState, spec: str) -> dict[str, Any]:
         # each evaluation seed gets its own selection, so the spread includes selection noise
         path = make_coreset(state, name, num_pairs, derive_seed(cfg.seed, "coreset", i) % (2**31))
         dataset, protocol, _ = _pair_dataset(state, path)
-        runs.append(train_and_test(state, dataset, protocol, seed))
+        runs.append(_train_on_pairs(state, path, dataset, protocol, seed))
         files.append(str(path))
     return _record(state, spec, num_pairs, runs, protocol, files)
 

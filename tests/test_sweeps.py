@@ -1,0 +1,120 @@
+"""Sweeps: the W&B sweep template, Hydra launchers for SLURM and local jobs, and reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vldd_lightning.app import PROJECT_ROOT
+from vldd_lightning.report import main as report_main
+from vldd_lightning.report import write_report
+
+from .conftest import DATA_DIR, TINY, compose_config
+
+
+def composed_job(args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, "-m", "vldd_lightning", *args, "--cfg", "job", "--resolve"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_wandb_sweep_template_drives_hydra_overrides():
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    template = yaml.safe_load((PROJECT_ROOT / "experiments" / "wandb_sweep.yaml").read_text())
+    # one run of the sweep as the agent would start it, with values holding '/' and spaces
+    run_args = {"num_pairs": {"value": 10}, "distill.lr_text": {"value": 300},
+                "logger.tags": {"value": "[tuxpaint, lr sweep]"},
+                "dataset.stamps_dir": {"value": "/srv/my stamps/tuxpaint"},
+                "logger.group": {"value": "team a/sweep 1"}}
+    arguments = create_sweep_command_args({"args": run_args})["args_no_hyphens"]
+    command = []
+    for part in create_sweep_command(template["command"]):
+        command += arguments if part == "${args_no_hyphens}" else [part]
+    assert command[1:4] == ["python", "-m", "vldd_lightning"]
+    start = command.index("vldd_lightning") + 1
+    job = composed_job(command[start:])
+    assert job["num_pairs"] == 10
+    assert job["distill"]["lr_text"] == 300
+    assert job["dataset"]["stamps_dir"] == "/srv/my stamps/tuxpaint"
+    assert job["logger"]["group"] == "team a/sweep 1"
+    assert job["logger"]["tags"] == ["tuxpaint", "lr sweep"]
+    assert job["logger"]["mode"] == "online"
+    assert job["stage"] == "all"
+
+
+def test_slurm_launcher_composes():
+    result = subprocess.run(
+        [sys.executable, "-m", "vldd_lightning", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+         "trainer=ddp", "trainer.num_nodes=2", "+experiment=flickr_100", "--cfg", "hydra", "--resolve"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher["partition"] == "gpu"
+    assert launcher["nodes"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tuxpaint_root")
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_launcher_runs_jobs(tmp_path, shared_cache, launcher):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in TINY if not o.startswith("num_pairs")] + [
+        "-m", f"hydra/launcher={launcher}", "stage=coreset", "coreset=herding", "num_pairs=3,5",
+        f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
+        f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}",
+    ]
+    if launcher == "joblib":
+        overrides.append("hydra.launcher.n_jobs=2")
+    result = subprocess.run([sys.executable, "-m", "vldd_lightning", *overrides], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    budgets = sorted(json.loads((sweep / job / "results.json").read_text())["num_pairs"] for job in ("0", "1"))
+    assert budgets == [3, 5]
+
+
+def fake_results(folder, budget, method, values, dataset="tuxpaint"):
+    folder.mkdir(parents=True, exist_ok=True)
+    per_seed = [{key: value for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")} for value in values]
+    record = {"kind": "evaluation", "method": method, "num_pairs": budget, "budget": budget, "dataset": dataset,
+              "per_seed": per_seed}
+    (folder / "results.json").write_text(json.dumps({"stage": "evaluate", "evaluations": [record]}))
+
+
+def test_report_pools_seeds_and_writes_table(tmp_path):
+    fake_results(tmp_path / "sweep" / "0", 10, "random", [1.0, 3.0])
+    fake_results(tmp_path / "sweep" / "1", 10, "distilled", [6.0, 8.0, 10.0])
+    fake_results(tmp_path / "sweep" / "2", 20, "random", [4.0])
+    fake_results(tmp_path / "other", 10, "random", [5.0])  # a second run of the same cell
+    result = write_report([tmp_path / "sweep", tmp_path / "other"], tmp_path / "report")
+    table = (tmp_path / "report" / "report.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| pairs"))
+    assert header == "| pairs | random | distilled |"
+    row10 = next(line for line in table.splitlines() if line.startswith("| 10 |"))
+    assert "3.0/3.0/3.0 ; 3.0/3.0/3.0 (mean 3.0 ± 2.0, n=3)" in row10  # random: seeds 1, 3 and 5
+    assert "8.0/8.0/8.0 ; 8.0/8.0/8.0 (mean 8.0 ± 2.0, n=3)" in row10
+    row20 = next(line for line in table.splitlines() if line.startswith("| 20 |"))
+    assert row20.endswith("| – |")
+    rows = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,budget,method,num_pairs,seeds,tr@1_mean")
+    assert len(rows) == 4
+    assert (tmp_path / "report" / "recall_vs_pairs.png").stat().st_size > 1000
+    assert result["records"] == 4
+
+
+def test_report_without_results_fails_clearly(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report_main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    assert "no evaluation records" in capsys.readouterr().err
+
+
+def test_table_experiment_sweeps_all_methods():
+    cfg = compose_config(["+experiment=tuxpaint_table"])
+    assert cfg.stage == "evaluate"
+    assert list(cfg.evaluate.methods) == ["random", "herding", "k_center", "forgetting", "distilled"]
