@@ -48,12 +48,15 @@ def test_wandb_sweep_template_drives_hydra_overrides():
 
 
 def test_slurm_launcher_composes():
-    result = subprocess.run(
-        [sys.executable, "-m", "vldd_lightning", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-         "trainer=ddp", "trainer.num_nodes=2", "+experiment=flickr_100", "--cfg", "hydra", "--resolve"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vldd_lightning.app import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp",
+                                           "trainer.num_nodes=2", "+experiment=flickr_100"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher["partition"] == "gpu"
     assert launcher["nodes"] == 2
@@ -64,8 +67,8 @@ def test_slurm_launcher_composes():
 @pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
 def test_launcher_runs_jobs(tmp_path, shared_cache, launcher):
     sweep = tmp_path / "sweep"
-    overrides = [o for o in TINY if not o.startswith("num_pairs")] + [
-        "-m", f"hydra/launcher={launcher}", "stage=coreset", "coreset=herding", "num_pairs=3,5",
+    overrides = ["-m", *(o for o in TINY if not o.startswith("num_pairs")),
+        f"hydra/launcher={launcher}", "stage=coreset", "coreset=herding", "num_pairs=3,5",
         f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
         f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}",
     ]
