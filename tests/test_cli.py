@@ -33,6 +33,14 @@ def test_unset_dataset_root_names_key(tmp_path):
     assert "dataset.root is not set" in result.stdout + result.stderr
 
 
+def test_paper_experiment_without_data_stops_clearly(tmp_path):
+    result = vldd("+experiment=flickr_100", "logger=none", f"hydra.run.dir={tmp_path}", env={"FLICKR30K_ROOT": ""})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "dataset.root is not set; point it to the folder with the flickr30k annotation files" in output
+    assert "Traceback" not in output
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("distill.syn_stepz=2", "Key 'syn_stepz' not in 'DistillConfig'"),
     ("encoder=nfnet_l9", "Available options in 'encoder'"),

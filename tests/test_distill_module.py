@@ -155,6 +155,16 @@ def test_many_nonfinite_steps_stop_with_advice(tmp_path):
     assert int(module.skipped_steps) == 2
 
 
+def test_huge_pixel_learning_rate_is_caught(tmp_path):
+    module = make_module(tmp_path, "all", replace(SETTINGS, lr_image=1e30, max_consecutive_skips=2))
+    from vldd_lightning.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"lower distill\.lr_image \(now 1e\+30\)"):
+        fit(module, 6)
+    assert int(module.skipped_steps) == 2
+    assert torch.isfinite(module.image_syn).all()
+
+
 def test_learning_rate_step_below_zero_is_clamped(tmp_path):
     module = make_module(tmp_path, "none", replace(SETTINGS, lr_lr=1e6))
     fit(module, 2)
@@ -179,3 +189,18 @@ def test_bfloat16_autocast_meta_gradient_is_close_to_float32(tmp_path, trainable
         assert torch.isfinite(approximate).all()
         assert torch.nn.functional.cosine_similarity(exact, approximate, dim=0) > 0.98
         assert (exact - approximate).norm() / exact.norm() < 0.2
+
+
+@pytest.mark.parametrize(("momentum", "nesterov", "weight_decay"), [(0.0, False, 0.0), (0.5, False, 0.0), (0.9, True, 0.01)])
+def test_sgd_preview_matches_the_step(momentum, nesterov, weight_decay):
+    from vldd_lightning.lit.distill import preview_sgd_step
+
+    p = torch.nn.Parameter(torch.randn(5))
+    optimizer = torch.optim.SGD([p], lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    for _ in range(3):  # several steps, so the momentum buffer takes part
+        p.grad = torch.randn(5)
+        (preview,) = preview_sgd_step(optimizer)
+        before = p.detach().clone()
+        optimizer.step()
+        assert torch.allclose(preview, p.detach())
+        assert not torch.equal(before, p.detach())

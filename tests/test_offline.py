@@ -62,7 +62,7 @@ def test_stage_with_wandb_runs_without_network(tmp_path, shared_cache):
     log = tmp_path / "network.log"
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("logger=")] + [
-        "stage=all", "logger=wandb", "all.methods=[distilled]", "evaluate.num_eval=1",
+        "stage=all", "logger=wandb", "logger.log_images_every=2", "all.methods=[distilled]", "evaluate.num_eval=1",
         f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
         f"paths.cache_dir={shared_cache}", f"hydra.run.dir={run_dir}",
     ]
@@ -78,6 +78,8 @@ def test_stage_with_wandb_runs_without_network(tmp_path, shared_cache):
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert list(offline_runs[0].glob("run-*.wandb"))
+    # the periodic table of synthetic images, captioned with their nearest real captions
+    assert len(list(offline_runs[0].glob("files/media/images/distill/synthetic_pairs_*.png"))) >= 6
     results = json.loads((run_dir / "results.json").read_text())
     assert results["evaluations"][0]["method"] == "distilled"
     assert Path(results["distill"]["distilled"]).is_file()

@@ -2,14 +2,17 @@
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from vldd_lightning.data.captions import read_blip_split
 from vldd_lightning.data.tuxpaint import (
     TuxpaintSettings,
     collect_stamps,
+    locate_stamps,
     normalise_caption,
     prepare_tuxpaint,
     split_by_caption_group,
@@ -93,3 +96,20 @@ def test_real_package_is_prepared(tuxpaint_root):
     train_content = {hashlib.sha256(p.read_bytes()).digest() for p in splits["train"].image_paths}
     for path in splits["test"].image_paths + splits["val"].image_paths:
         assert hashlib.sha256(path.read_bytes()).digest() not in train_content, path
+
+
+@pytest.mark.slow
+def test_download_falls_back_to_private_package_lists(tmp_path, monkeypatch):
+    # an apt configuration whose package lists are empty, as on a fresh machine
+    empty = tmp_path / "empty-lists"
+    (empty / "partial").mkdir(parents=True)
+    config = tmp_path / "apt.conf"
+    config.write_text(f'Dir::State::Lists "{empty}";\n')
+    monkeypatch.setenv("APT_CONFIG", str(config))
+    failed = subprocess.run(["apt-get", "download", "tuxpaint-stamps-default"], cwd=tmp_path, capture_output=True)
+    assert failed.returncode != 0  # the plain download really fails under this configuration
+
+    stamps = locate_stamps(TuxpaintSettings(root=tmp_path / "tuxpaint", stamps_dir=None))
+    assert stamps == tmp_path / "tuxpaint/package/usr/share/tuxpaint/stamps"
+    assert len(collect_stamps(stamps, ("symbols",))) > 500
+    assert list((tmp_path / "tuxpaint/apt/lists").glob("*Packages*"))

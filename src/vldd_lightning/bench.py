@@ -4,9 +4,10 @@ Usage: ``python -m vldd_lightning.bench [--quick] [--output bench_out] [--device
 
 Unroll benchmark: one distillation iteration (unroll, matching loss and meta-gradient) of
 the default EfficientNet-Lite0 student, for ``syn_steps`` 2, 4, 8 and 16 and every unroll
-mode, in two settings: the default (frozen backbone, image and text heads, features
-hoisted out of the unroll) and ``last_blocks`` (the backbone's last block trains, so every
-unrolled step runs the backbone). Each configuration runs in its own process; its peak
+mode, in three settings: the default (frozen backbone, image and text heads, features
+hoisted out of the unroll), the same without hoisting (plain mode only), and
+``last_blocks`` (the backbone's last block trains, so every unrolled step runs the
+backbone). Each configuration runs in its own process; its peak
 memory is the peak resident set (CPU) or the CUDA allocator's peak during the timed
 iterations, minus the memory held before them. The cost ratio divides the iteration time
 by the time of ``syn_steps`` plain SGD steps of the same student on the same mini-batch
@@ -37,9 +38,10 @@ import torch
 STEPS = (2, 4, 8, 16)
 MODES = ("plain", "checkpointed", "tesla")
 SETTINGS = {
-    "frozen": {"trainable": "none", "hoist": True},
-    "frozen_no_hoist": {"trainable": "none", "hoist": False},
-    "last_blocks": {"trainable": "last_blocks", "hoist": False},
+    "frozen": {"trainable": "none", "hoist": True, "modes": MODES},
+    # the same student without hoisting: every step encodes its mini-batch, like plain training
+    "frozen_no_hoist": {"trainable": "none", "hoist": False, "modes": ("plain",)},
+    "last_blocks": {"trainable": "last_blocks", "hoist": False, "modes": MODES},
 }
 
 
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations per configuration")
     parser.add_argument("--quick", action="store_true", help="syn_steps 2 and 4 only, and a 15,000-pair coreset")
     parser.add_argument("--settings", default="frozen,frozen_no_hoist,last_blocks", help="comma-separated settings")
+    parser.add_argument("--skip-unroll", action="store_true", help="run the coreset benchmark only")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration as JSON
     args = parser.parse_args(argv)
 
@@ -221,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     steps = STEPS[:2] if args.quick else STEPS
-    results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv), "unroll": [], "coresets": []}
-    for setting in args.settings.split(","):
-        for mode in MODES:
+    command = "python -m vldd_lightning.bench " + " ".join(sys.argv[1:])
+    results: dict[str, Any] = {"machine": machine(), "command": command, "unroll": [], "coresets": []}
+    for setting in [] if args.skip_unroll else args.settings.split(","):
+        for mode in SETTINGS[setting]["modes"]:
             for syn_steps in steps:
                 config = {"setting": setting, "mode": mode, "syn_steps": syn_steps,
                           "device_name": args.device, "repeats": args.repeats}

@@ -150,6 +150,7 @@ class DistillConfig:
     hoist_frozen_features: bool = True
     temperature_compat: bool = False  # published-code inner loss: logits = s * cos, not exp(s) * cos
     max_consecutive_skips: int = 10
+    max_abs_value: float = 1000.0  # synthetic pixel or text values beyond this are a runaway step
     checkpoint_every: int = 50
     grid_max_images: int = 64
     autocast: str | None = None  # None | bf16: autocast of the student's forward pass (GPU)

@@ -2,7 +2,8 @@
 
 The operations follow "Dataset Condensation with Differentiable Siamese Augmentation"
 (Zhao & Bilen, ICML 2021): colour jitter, translation ("crop"), horizontal flip, scaling,
-rotation and cutout, each with parameters drawn per image. Every operation is
+rotation and cutout, each with parameters drawn per image. The magnitudes below are those
+of the public DSA code that trajectory-matching implementations reuse. Every operation is
 differentiable in the pixels, so the matching loss reaches the synthetic images through
 it. All draws come from the given generator, so a step can be recomputed exactly.
 """

@@ -4,7 +4,8 @@ Herding and k-center run on one embedding per pair: the L2-normalised pooled fea
 the pretrained image backbone, concatenated with the L2-normalised frozen text embedding
 of the pair's caption (so both modalities weigh equally). Both are greedy, take O(N n d)
 time for N picks among n pairs of dimension d, and O(n d) memory: each pick costs one
-matrix-vector product and no n x n matrix is ever formed.
+matrix-vector product and no n x n matrix is ever formed. The products run in the
+embeddings' dtype and the running scores accumulate in float64.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def pair_embeddings(image_features: Tensor, text_embeddings: Tensor) -> Tensor:
     return torch.cat([F.normalize(image_features.float(), dim=1), F.normalize(text_embeddings.float(), dim=1)], dim=1)
 
 
+def _squared_norms(x: Tensor, chunk: int) -> Tensor:
+    """Row-wise squared norms in float64, computed in chunks to bound the temporary memory."""
+    return torch.cat([x[i : i + chunk].double().pow(2).sum(dim=1) for i in range(0, x.shape[0], chunk)])
+
+
 def select_random(population: int, num_pairs: int, seed: int) -> Tensor:
     _check_budget(num_pairs, population)
     generator = torch.Generator().manual_seed(seed)
@@ -31,7 +37,7 @@ def select_random(population: int, num_pairs: int, seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def select_herding(embeddings: Tensor, num_pairs: int, chunk: int = 65536) -> Tensor:
+def select_herding(embeddings: Tensor, num_pairs: int, chunk: int = 8192) -> Tensor:
     """Greedy herding: each pick makes the running mean of the picks closest to the data mean.
 
     At pick t (1-based) with picked sum s, choose the unpicked i minimising
@@ -41,9 +47,9 @@ def select_herding(embeddings: Tensor, num_pairs: int, chunk: int = 65536) -> Te
     """
     n = embeddings.shape[0]
     _check_budget(num_pairs, n)
-    x = embeddings.double()
-    squared_norms = x.pow(2).sum(dim=1)
-    mean_scores = x @ x.mean(dim=0)  # <mu, x_i>
+    x = embeddings
+    squared_norms = _squared_norms(x, chunk)
+    mean_scores = (x @ x.mean(dim=0)).double()  # <mu, x_i>
     picked_scores = torch.zeros(n, dtype=torch.float64)  # <s, x_i>
     available = torch.ones(n, dtype=torch.bool)
     picks = []
@@ -54,12 +60,12 @@ def select_herding(embeddings: Tensor, num_pairs: int, chunk: int = 65536) -> Te
         picks.append(pick)
         available[pick] = False
         for start in range(0, n, chunk):
-            picked_scores[start : start + chunk] += x[start : start + chunk] @ x[pick]
+            picked_scores[start : start + chunk] += (x[start : start + chunk] @ x[pick]).double()
     return torch.tensor(picks)
 
 
 @torch.no_grad()
-def select_k_center(embeddings: Tensor, num_pairs: int, seed: int, chunk: int = 65536) -> Tensor:
+def select_k_center(embeddings: Tensor, num_pairs: int, seed: int, chunk: int = 8192) -> Tensor:
     """Greedy k-center (farthest-point) selection in Euclidean distance.
 
     The first centre is drawn with ``seed``; each next one is the pair farthest from all
@@ -67,16 +73,17 @@ def select_k_center(embeddings: Tensor, num_pairs: int, seed: int, chunk: int = 
     """
     n = embeddings.shape[0]
     _check_budget(num_pairs, n)
-    x = embeddings.double()
-    squared_norms = x.pow(2).sum(dim=1)
+    x = embeddings
+    squared_norms = _squared_norms(x, chunk)
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     picks = [first]
     min_distance = torch.full((n,), torch.inf, dtype=torch.float64)
     for _ in range(num_pairs - 1):
         centre = x[picks[-1]]
+        centre_norm = centre.double().pow(2).sum()
         for start in range(0, n, chunk):
             block = x[start : start + chunk]
-            distance = squared_norms[start : start + chunk] - 2 * (block @ centre) + centre.pow(2).sum()
+            distance = squared_norms[start : start + chunk] - 2 * (block @ centre).double() + centre_norm
             min_distance[start : start + chunk] = torch.minimum(min_distance[start : start + chunk], distance.clamp_min(0))
         min_distance[picks[-1]] = -1.0  # never pick a centre twice
         picks.append(int(torch.argmax(min_distance)))

@@ -9,7 +9,7 @@ parameters, and :class:`FunctionalModel` runs the module at such a vector with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,16 +64,6 @@ class ParamLayout:
             name: piece.view(shape)
             for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
         }
-
-
-def trainable_layout(module: nn.Module, prefix: str, predicate: Callable[[str], bool]) -> ParamLayout:
-    """Collect the parameters under ``prefix`` whose full names satisfy ``predicate``."""
-    named = [
-        (name, param)
-        for name, param in module.named_parameters()
-        if name.startswith(prefix) and predicate(name)
-    ]
-    return ParamLayout.from_named(named)
 
 
 class FunctionalModel:

@@ -103,7 +103,17 @@ def locate_stamps(settings: TuxpaintSettings) -> Path:
     download_dir.mkdir(parents=True, exist_ok=True)
     if not list(download_dir.glob(f"{PACKAGE}_*.deb")):
         log.info("downloading %s with apt-get download into %s", PACKAGE, download_dir)
-        _run(["apt-get", "download", PACKAGE], cwd=download_dir)
+        try:
+            _run(["apt-get", "-q", "download", PACKAGE], cwd=download_dir)
+        except DataError as error:
+            # a fresh machine may have no package lists yet: fetch them into a private folder,
+            # which needs no root and leaves the system's apt state alone
+            log.info("apt-get download failed (%s); updating private package lists", error)
+            private = [f"-oDir::State::Lists={settings.root / 'apt/lists'}", f"-oDir::Cache={settings.root / 'apt/cache'}"]
+            for folder in ("apt/lists/partial", "apt/cache/archives/partial"):
+                (settings.root / folder).mkdir(parents=True, exist_ok=True)
+            _run(["apt-get", "-q", *private, "update"], cwd=download_dir)
+            _run(["apt-get", "-q", *private, "download", PACKAGE], cwd=download_dir)
     debs = sorted(download_dir.glob(f"{PACKAGE}_*.deb"))
     if not debs:
         raise DataError(f"apt-get download left no {PACKAGE} .deb in {download_dir}")

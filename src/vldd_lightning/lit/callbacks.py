@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vldd_lightning.utils.atomic import atomic_path
+from vldd_lightning.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,18 @@ class TrajectoryRecorder(L.Callback):
 
 
 class AtomicCheckpoint(L.Callback):
-    """Save ``path`` every ``every_n_epochs`` epochs or every ``every_n_steps`` training steps.
+    """Save ``path`` every ``every_n_epochs`` epochs or every ``every_n_steps`` steps.
 
-    The checkpoint is written to a temporary name and renamed, so ``path`` always holds the
-    last complete checkpoint. Every rank calls ``save_checkpoint`` (collective under DDP);
-    rank zero renames.
+    Steps count the module's ``iteration`` buffer where it has one (distillation), else the
+    trainer's global step. The checkpoint is written to a temporary name and renamed, so
+    ``path`` always contains the last complete checkpoint. Every rank calls
+    ``save_checkpoint``, which is collective under DDP, and rank zero renames.
     """
 
     def __init__(self, path: Path, every_n_epochs: int = 0, every_n_steps: int = 0) -> None:
         self.path = Path(path)
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        self._batches = 0
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -81,6 +81,24 @@ class AtomicCheckpoint(L.Callback):
             self.save(trainer)
 
 
+def checkpoint_to_resume(path: Path) -> Path | None:
+    """Return ``path`` if a complete checkpoint is there, None if none; raise if it is corrupt.
+
+    Loading uses ``weights_only`` so a checkpoint can hold tensors and plain values but no
+    pickled code.
+    """
+    if not path.is_file():
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ArtifactError(
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error}); delete it "
+            "to restart this stage from its beginning"
+        ) from error
+    return path
+
+
 class SyntheticPairsTable(L.Callback):
     """Log the synthetic images with the real caption nearest to each synthetic text."""
 
@@ -100,8 +118,3 @@ class SyntheticPairsTable(L.Callback):
                 images, captions = self.describe(pl_module)
                 logger.log_image("distill/synthetic_pairs", images=images, caption=captions,
                                  step=trainer.global_step)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)

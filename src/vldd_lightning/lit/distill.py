@@ -61,6 +61,7 @@ class DistillSettings:
     max_consecutive_skips: int
     seed: int
     autocast_dtype: torch.dtype | None = None  # bfloat16 autocast of the student's forward
+    max_abs_value: float = 1e3  # a step moving a synthetic value beyond this is skipped as runaway
 
 
 class _Iterations(IterableDataset):
@@ -81,10 +82,34 @@ class _Iterations(IterableDataset):
             yield int(self.module.iteration)
 
 
+@torch.no_grad()
+def preview_sgd_step(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """Return the parameter values ``optimizer.step()`` would produce, changing nothing.
+
+    Follows ``torch.optim.SGD`` (momentum, dampening, Nesterov and weight decay); the
+    distillation only uses SGD.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise TypeError(f"preview_sgd_step supports torch.optim.SGD, got {type(optimizer).__name__}")
+    values = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            step = p.grad if p.grad is not None else torch.zeros_like(p)
+            if group["weight_decay"]:
+                step = step + group["weight_decay"] * p
+            buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+            if group["momentum"]:
+                buffer = step if buffer is None else group["momentum"] * buffer + (1 - group["dampening"]) * step
+                step = step + group["momentum"] * buffer if group["nesterov"] else buffer
+            sign = 1.0 if group.get("maximize") else -1.0
+            values.append(p + sign * group["lr"] * step)
+    return values
+
+
 class _IterationLoader(DataLoader):
     """A loader whose position is the module's ``iteration`` buffer, restored with the weights.
 
-    The empty state tells Lightning that resuming mid-epoch is safe.
+    Having a (empty) state lets Lightning resume mid-epoch without warning that it cannot.
     """
 
     def state_dict(self) -> dict[str, int]:
@@ -233,12 +258,10 @@ class DistillModule(L.LightningModule):
         surrogate = sum((p * g.detach()).sum() for p, g in zip(params, grads, strict=True))
         self.manual_backward(surrogate)
 
-        local_bad = not bool(torch.isfinite(result.loss)) or any(
-            p.grad is None or not bool(torch.isfinite(p.grad).all()) for p in params
-        )
-        bad = self.trainer.strategy.reduce_boolean_decision(local_bad, all=False)
-        if bad:
-            self._skip_step(iteration, result)
+        problem = self._step_problem(result, params, optimizers)
+        # a problem on any rank skips the step on all of them, so their states stay equal
+        if self.trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            self._skip_step(iteration, problem or "a non-finite value on another rank")
         else:
             self.consecutive_skips.zero_()
             for optimizer in optimizers:
@@ -247,19 +270,37 @@ class DistillModule(L.LightningModule):
         self.iteration += 1
         self._log_iteration(result, grads)
 
-    def _skip_step(self, iteration: int, result: MetaGradient) -> None:
+    def _step_problem(self, result: MetaGradient, params: list[nn.Parameter], optimizers: list) -> str | None:
+        """Describe why this step must not be taken, or return None if it is safe.
+
+        Unsafe: a non-finite loss or gradient, or an update that would move a synthetic
+        image or text value beyond ``max_abs_value`` (a runaway outer learning rate).
+        """
+        if not torch.isfinite(result.loss):
+            return f"the matching loss is {result.loss.item()}"
+        for name, p in zip(("image", "text", "lr_image", "lr_text"), params, strict=True):
+            if p.grad is None or not torch.isfinite(p.grad).all():
+                return f"the {name} gradient is not finite"
+        limit = self.settings.max_abs_value
+        for name, optimizer in (("image", optimizers[0]), ("text", optimizers[1])):
+            (candidate,) = preview_sgd_step(optimizer.optimizer)
+            largest = candidate.abs().max().item()
+            if not largest <= limit:  # also catches NaN
+                return f"the step would move a synthetic {name} value to {largest:.3g}, beyond {limit:g}"
+        return None
+
+    def _skip_step(self, iteration: int, problem: str) -> None:
         self.skipped_steps += 1
         self.consecutive_skips += 1
         for p in (self.image_syn, self.text_syn, self.syn_lr_image, self.syn_lr_text):
             p.grad = None
-        log.warning("iteration %d: non-finite matching loss or gradient (loss %s); step skipped",
-                    iteration, float(result.loss))
+        log.warning("iteration %d skipped: %s", iteration, problem)
         if int(self.consecutive_skips) >= self.settings.max_consecutive_skips:
             raise NonFiniteError(
-                f"{int(self.consecutive_skips)} distillation steps in a row had a non-finite "
-                f"loss or gradient (iteration {iteration}); lower distill.lr_image "
-                f"(now {self.settings.lr_image}), distill.lr_text ({self.settings.lr_text}) or "
-                f"distill.syn_lr_init, or use fewer distill.syn_steps"
+                f"{int(self.consecutive_skips)} distillation steps in a row were skipped (iteration "
+                f"{iteration}: {problem}); lower distill.lr_image (now {self.settings.lr_image}), "
+                f"distill.lr_text (now {self.settings.lr_text}) or distill.syn_lr_init, or use "
+                f"fewer distill.syn_steps"
             )
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vldd_lightning.errors import ArtifactError, ConfigError
-from vldd_lightning.lit.callbacks import AtomicCheckpoint, TrajectoryRecorder
+from vldd_lightning.lit.callbacks import AtomicCheckpoint, TrajectoryRecorder, checkpoint_to_resume
 from vldd_lightning.lit.contrastive import ContrastiveModule, OptimSettings
 from vldd_lightning.stages.common import RunState, artifact_dir, build_trainer
 from vldd_lightning.stages.training import real_train_pairs, train_loader
@@ -87,7 +87,7 @@ def _train_expert(state: RunState, index: int, folder: Path) -> None:
                             max_epochs=settings.epochs, limit_val_batches=0)
     dataset = real_train_pairs(ctx, buffer_augment(cfg), seed, view_seed=cfg.seed)
     loader = train_loader(ctx, dataset, settings.batch_size, seed, trainer.world_size, trainer.global_rank)
-    resume = checkpoint if checkpoint.is_file() else None
+    resume = checkpoint_to_resume(checkpoint)
     if resume:
         log.info("expert %d: resuming from %s", index, resume)
     trainer.fit(module, loader, ckpt_path=resume, weights_only=True)

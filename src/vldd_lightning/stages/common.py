@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 
 # The image backbone stays in eval mode on purpose (frozen BatchNorm statistics, see DualEncoder).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+# The distillation's loader reads in the main process, where its length is exact.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
 
 METRIC_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 
 
 @dataclass
 class RunState:
-    """What one Hydra job carries across stages: its folder, context and shared loggers."""
+    """State of one Hydra job across its stages: run folder, context and shared loggers."""
 
     cfg: DictConfig
     run_dir: Path
@@ -118,7 +120,7 @@ def build_trainer(
     single_device: bool = False,
     limit_val_batches: float | None = None,
 ) -> L.Trainer:
-    """A Trainer from ``cfg.trainer``; ``single_device`` runs on one device without DDP."""
+    """Build a Trainer from ``cfg.trainer``; ``single_device`` runs on one device without DDP."""
     settings = cfg.trainer
     if settings.num_threads:
         torch.set_num_threads(int(settings.num_threads))
@@ -155,7 +157,7 @@ def global_rank() -> int:
 
 
 def artifact_dir(ctx: ExperimentContext, kind: str, label: str, parts: dict[str, Any]) -> Path:
-    """A folder named by the hash of everything that determines its content.
+    """Return a folder named by the hash of everything that determines its content.
 
     Rerunning the same configuration finds the same folder, which is how finished stages
     are reused and interrupted ones resumed.

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from vldd_lightning.core.augment import parse_strategy
 from vldd_lightning.core.unroll import UNROLL_MODES
 from vldd_lightning.errors import ArtifactError, ConfigError
-from vldd_lightning.lit.callbacks import AtomicCheckpoint, SyntheticPairsTable
+from vldd_lightning.lit.callbacks import AtomicCheckpoint, SyntheticPairsTable, checkpoint_to_resume
 from vldd_lightning.lit.distill import DistillModule, DistillSettings
 from vldd_lightning.stages.buffer import buffer_folder, load_buffer, run_buffer
 from vldd_lightning.stages.common import RunState, artifact_dir, build_trainer
@@ -43,8 +43,7 @@ def distill_folder(state: RunState) -> Path:
     return artifact_dir(state.context, "distilled", label, parts)
 
 
-def settings_from_config(state: RunState) -> DistillSettings:
-    cfg = state.cfg
+def settings_from_config(cfg: DictConfig, logit_scale: float) -> DistillSettings:
     d = cfg.distill
     if d.unroll not in UNROLL_MODES:
         raise ConfigError(f"distill.unroll={d.unroll!r} is invalid; choose one of {UNROLL_MODES}")
@@ -54,7 +53,6 @@ def settings_from_config(state: RunState) -> DistillSettings:
         raise ConfigError(f"distill.augment_strategy: {error}") from error
     if d.autocast not in (None, "bf16"):
         raise ConfigError(f"distill.autocast={d.autocast!r} is invalid; choose null or bf16")
-    logit_scale = state.context.logit_scale
     return DistillSettings(
         iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
         max_start_epoch=d.max_start_epoch, mini_batch_size=d.mini_batch_size,
@@ -66,6 +64,7 @@ def settings_from_config(state: RunState) -> DistillSettings:
         # the published code multiplied the cosine by s = log(1/0.07) in the inner loop
         inner_logit_scale=float(torch.tensor(logit_scale).log()) if d.temperature_compat else logit_scale,
         max_consecutive_skips=d.max_consecutive_skips,
+        max_abs_value=d.max_abs_value,
         seed=derive_seed(cfg.seed, "distill"),
         autocast_dtype=torch.bfloat16 if d.autocast == "bf16" else None,
     )
@@ -164,7 +163,7 @@ def run_distill(state: RunState) -> dict[str, Any]:
         log.info("distilled set %s exists; reusing it", output)
         return {"distilled": str(output), "reused": True}
 
-    settings = settings_from_config(state)
+    settings = settings_from_config(cfg, ctx.logit_scale)
     if cfg.distill.mini_batch_size > cfg.num_pairs:
         raise ConfigError(
             f"distill.mini_batch_size={cfg.distill.mini_batch_size} exceeds num_pairs={cfg.num_pairs}; "
@@ -193,7 +192,7 @@ def run_distill(state: RunState) -> dict[str, Any]:
         SyntheticPairsTable(cfg.logger.log_images_every, describe),
     ]
     trainer = build_trainer(cfg, state.run_dir, state.loggers, callbacks=callbacks, max_epochs=1, limit_val_batches=0)
-    resume = checkpoint if checkpoint.is_file() else None
+    resume = checkpoint_to_resume(checkpoint)
     if resume:
         log.info("resuming distillation from %s", resume)
     trainer.fit(module, ckpt_path=resume, weights_only=True)
