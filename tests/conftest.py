@@ -76,6 +76,17 @@ def make_config(tmp_path: Path, shared_cache: Path) -> Callable[..., DictConfig]
 
 
 @pytest.fixture(scope="session")
+def shared_buffer(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path, tuxpaint_root: Path) -> Path:
+    """Tiny expert trajectories trained once, for tests about the distillation only."""
+    from vldd_lightning.app import run
+
+    folder = tmp_path_factory.mktemp("shared_buffer")
+    cfg = compose_config([f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={folder}",
+                          f"paths.cache_dir={shared_cache}", *TINY, "stage=buffer"])
+    return Path(run(cfg, folder / "run")["buffer_dir"])
+
+
+@pytest.fixture(scope="session")
 def tuxpaint_root() -> Path:
     """The real tuxpaint data set, prepared once (downloads the Debian package if needed)."""
     from vldd_lightning.data.tuxpaint import TuxpaintSettings, prepare_tuxpaint

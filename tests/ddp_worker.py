@@ -1,6 +1,6 @@
 """Worker script of test_ddp.py: distil with 2 gloo processes, or resume on one.
 
-Usage: python tests/ddp_worker.py OUT_DIR train|resume
+Usage: python tests/ddp_worker.py OUT_DIR train|resume (the test calls ``main`` for resume)
 Each rank appends one JSON line per iteration to OUT_DIR/rank_<r>.jsonl with its draw and
 a digest of the synthetic state after the step.
 """
@@ -46,8 +46,7 @@ class RecordState(L.Callback):
         self.write(trainer, record)
 
 
-def main() -> None:
-    out, mode = Path(sys.argv[1]), sys.argv[2]
+def main(out: Path, mode: str) -> None:
     torch.set_num_threads(1)
     # several experts and start epochs, so the ranks' draws differ
     settings = replace(SETTINGS, iterations=4 if mode == "train" else 6, max_start_epoch=1)
@@ -67,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]), sys.argv[2])

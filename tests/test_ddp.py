@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vldd_lightning.app import PROJECT_ROOT
 
@@ -36,8 +37,17 @@ def test_ranks_hold_identical_state_and_resume_on_one_device(tmp_path):
     # and the state changed from step to step
     assert len({r["digest"] for r in rank0}) == 4
 
-    # the checkpoint of the 2-process run (iteration 3) resumes on a single device
-    subprocess.run([sys.executable, str(WORKER), str(tmp_path), "resume"], check=True, env=env, timeout=600)
+    # the checkpoint of the 2-process run (iteration 3) resumes on a single device, here
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from ddp_worker import main as worker_main
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    threads = torch.get_num_threads()
+    try:
+        worker_main(tmp_path, "resume")
+    finally:
+        torch.set_num_threads(threads)  # the worker runs on one thread; later tests expect the default
     start, *resumed = read_lines(tmp_path / "rank_0.jsonl")[len(rank0) + 1:]
     assert start["start"] == 3
     assert start["digest"] == rank0[2]["digest"]  # the state the two processes held after iteration 3
@@ -51,8 +61,8 @@ def test_ranks_hold_identical_state_and_resume_on_one_device(tmp_path):
 @pytest.mark.usefixtures("tuxpaint_root")
 def test_multirun_with_ddp_gives_one_folder_per_job(tmp_path, shared_cache):
     sweep = tmp_path / "sweep"
-    overrides = [o for o in TINY if not o.startswith("num_pairs")] + [
-        "stage=distill", "trainer=ddp_cpu", "num_pairs=4,6",
+    overrides = [o for o in TINY if not o.startswith("buffer.")] + [
+        "stage=buffer", "trainer=ddp_cpu", "buffer.num_experts=1", "buffer.epochs=1", "buffer.batch_size=16,32",
         f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
         f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}",
     ]
@@ -65,4 +75,5 @@ def test_multirun_with_ddp_gives_one_folder_per_job(tmp_path, shared_cache):
         assert (folder / "results.json").is_file()
         assert (folder / "train_ddp_process_1.log").is_file()  # rank 1 ran in the same folder
         assert not list(folder.glob("*/results.json"))
-    assert len(list((tmp_path / "artifacts").glob("distilled/*/distilled.safetensors"))) == 2
+    # the two jobs differ in batch size, so each trained its own expert
+    assert len(list((tmp_path / "artifacts").glob("buffers/*/expert_000.safetensors"))) == 2

@@ -50,7 +50,7 @@ def test_experiment_takes_a_distillation_step(experiments, tmp_path):
     from vldd_lightning.stages.distill import settings_from_config
 
     cfg = compose_config([f"+experiment={experiments[0]}", "encoder.weights=none", "encoder.image_size=32"])
-    settings = replace(settings_from_config(cfg, 1 / 0.07), syn_steps=2, mini_batch_size=3)
+    settings = replace(settings_from_config(cfg, 1 / 0.07), syn_steps=1, mini_batch_size=3)
     encoder = cfg.encoder
     torch.manual_seed(0)
     student = DualEncoder(DualEncoderSpec(

@@ -47,8 +47,8 @@ def interrupt_next_trainer(monkeypatch):
     return arm
 
 
-def test_distillation_resumes_exactly(make_config, tmp_path, interrupt_next_trainer):
-    overrides = ("stage=distill", "distill.iterations=6", "distill.checkpoint_every=2")
+def test_distillation_resumes_exactly(make_config, tmp_path, interrupt_next_trainer, shared_buffer):
+    overrides = ("stage=distill", "distill.iterations=6", "distill.checkpoint_every=2", f"buffer.dir={shared_buffer}")
     reference = load_pairset(run(make_config(*overrides, "seed=1"), tmp_path / "a")["distilled"])
 
     # same run in a fresh artifact folder, stopped after iteration 3: the checkpoint holds iteration 2

@@ -68,7 +68,7 @@ def test_slurm_launcher_composes():
 def test_launcher_runs_jobs(tmp_path, shared_cache, launcher):
     sweep = tmp_path / "sweep"
     overrides = ["-m", *(o for o in TINY if not o.startswith("num_pairs")),
-        f"hydra/launcher={launcher}", "stage=coreset", "coreset=herding", "num_pairs=3,5",
+        f"hydra/launcher={launcher}", "stage=prepare", "num_pairs=3,5",
         f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
         f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}",
     ]

@@ -49,16 +49,21 @@ def _stage_runner(stage: str):
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run ``cfg.stage`` with outputs in ``run_dir`` and return its results record."""
     from vldd_lightning.context import ExperimentContext
-    from vldd_lightning.stages.common import RunState
 
     validate_config(cfg)
+    context = ExperimentContext(cfg)
+    if cfg.stage != "report":
+        _ = context.splits  # missing or bad data fails here, before Lightning is imported
+
+    from vldd_lightning.stages.common import RunState
+
     run_dir.mkdir(parents=True, exist_ok=True)
     is_rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     if is_rank_zero:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(run_dir / "run_info.json", run_info(PROJECT_ROOT))
 
-    state = RunState(cfg=cfg, run_dir=run_dir, context=ExperimentContext(cfg))
+    state = RunState(cfg=cfg, run_dir=run_dir, context=context)
     try:
         results = _stage_runner(cfg.stage)(state)
     finally:
@@ -103,8 +108,8 @@ _DDP_ENVIRONMENT = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MAS
 def end_distributed_job(saved_environment: dict[str, str | None]) -> None:
     """Leave the process as before the job, so the next job of a sweep starts its own DDP.
 
-    Lightning sets the rank variables in the launching process and keeps the process group;
-    the next job would otherwise reuse a group whose other processes have exited.
+    Lightning sets the rank variables in the launching process and keeps the process group.
+    Without this reset, the next job would reuse a group whose other processes have exited.
     """
     import torch.distributed as dist
 

@@ -11,7 +11,7 @@ import logging
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,11 +31,13 @@ from vldd_lightning.data.captions import (
 from vldd_lightning.data.images import ImageDataset, eval_transform, train_transform
 from vldd_lightning.data.tuxpaint import TuxpaintSettings, prepare_tuxpaint
 from vldd_lightning.errors import ArtifactError, ConfigError, DataError
-from vldd_lightning.models.dual_encoder import DualEncoder, DualEncoderSpec
-from vldd_lightning.models.image import BackboneSpec
 from vldd_lightning.models.text import FrozenTextEncoder, TextEncoderSpec, model_fingerprint
 from vldd_lightning.storage.tensors import load_tensors, save_tensors
 from vldd_lightning.utils.hashing import derive_seed, stable_hash
+
+if TYPE_CHECKING:  # timm loads in seconds: data errors are reported before it is imported
+    from vldd_lightning.models.dual_encoder import DualEncoder, DualEncoderSpec
+    from vldd_lightning.models.image import BackboneSpec
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +178,15 @@ class ExperimentContext:
 
     @property
     def backbone_spec(self) -> BackboneSpec:
+        from vldd_lightning.models.image import BackboneSpec
+
         encoder = self.cfg.encoder
         return BackboneSpec(encoder.arch, encoder.weights, encoder.bn_eps, encoder.image_size)
 
     @property
     def dual_spec(self) -> DualEncoderSpec:
+        from vldd_lightning.models.dual_encoder import DualEncoderSpec
+
         encoder = self.cfg.encoder
         return DualEncoderSpec(
             backbone=self.backbone_spec,
@@ -193,7 +199,9 @@ class ExperimentContext:
         )
 
     def new_model(self, seed: int) -> DualEncoder:
-        """A dual encoder at the pretrained start, with heads initialised from ``seed``."""
+        """Build a dual encoder at the pretrained start, with heads initialised from ``seed``."""
+        from vldd_lightning.models.dual_encoder import DualEncoder
+
         torch.manual_seed(derive_seed(seed, "init"))
         try:
             return DualEncoder(self.dual_spec)
@@ -242,7 +250,7 @@ class ExperimentContext:
         return train_transform(encoder.image_size, encoder.mean, encoder.std, tuple(augment["crop_scale"]), randaugment)
 
     def split_images(self, split: str) -> Tensor:
-        """All images of a split under the eval transform, (I, 3, H, W)."""
+        """Load all images of a split under the eval transform, as an (I, 3, H, W) tensor."""
         dataset = ImageDataset(self.splits[split].image_paths, self.eval_transform(), self.background)
         loader = DataLoader(dataset, batch_size=64, num_workers=self.cfg.trainer.num_workers)
         return torch.cat(list(tqdm(loader, desc=f"load {split} images", unit="batch", leave=False)))

@@ -30,7 +30,7 @@ METHOD_ORDER = ("random", "herding", "k_center", "forgetting", "distilled")
 
 
 def find_evaluations(folders: list[Path]) -> list[dict[str, Any]]:
-    """All evaluation records in ``results.json`` files at or below the given folders."""
+    """Collect the evaluation records of the ``results.json`` files at or below the given folders."""
     records = []
     for folder in folders:
         if not folder.exists():

@@ -3,7 +3,7 @@
 Two formats are supported for Flickr30K and COCO:
 
 ``blip``
-    The Karpathy splits as distributed with BLIP/ALBEF: ``*_train.json`` holds one entry per
+    The Karpathy splits as distributed with BLIP/ALBEF: ``*_train.json`` has one entry per
     caption (``image``, ``caption``, ``image_id``); ``*_val.json`` and ``*_test.json`` hold
     one entry per image with a ``caption`` list.
 ``karpathy``

@@ -1,9 +1,9 @@
 """Pair sets: distilled or selected (image, text embedding) pairs with their evaluation protocol.
 
-``NAME.safetensors`` holds ``images`` (N, 3, H, W) in the encoder's normalised input space,
+``NAME.safetensors`` contains ``images`` (N, 3, H, W) in the encoder's normalised input space,
 ``text_embeddings`` (N, D) in the frozen text encoder's output space, and the scalar
 learning rates ``lr_image`` and ``lr_text`` for training a student on them. ``NAME.json``
-holds the metadata: kind and method, the data set and model identity the pairs belong to,
+contains the metadata: kind and method, the data set and model identity the pairs belong to,
 and the evaluation protocol, so that stage ``evaluate`` can reproduce it.
 """
 
@@ -65,7 +65,7 @@ def load_pairset(path: Path) -> PairSet:
     if images.ndim != 4 or texts.ndim != 2 or images.shape[0] != texts.shape[0]:
         raise ArtifactError(f"{path}: images {tuple(images.shape)} and text embeddings {tuple(texts.shape)} do not form pairs")
     if images.shape[0] != metadata["num_pairs"]:
-        raise ArtifactError(f"{path} holds {images.shape[0]} pairs but its metadata says {metadata['num_pairs']}")
+        raise ArtifactError(f"{path} contains {images.shape[0]} pairs but its metadata records {metadata['num_pairs']}")
     lr_image, lr_text = float(tensors["lr_image"]), float(tensors["lr_text"])
     if not (lr_image > 0 and lr_text > 0):
         raise ArtifactError(f"{path}: learning rates must be positive, got lr_image={lr_image}, lr_text={lr_text}")

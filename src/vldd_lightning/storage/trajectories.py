@@ -1,6 +1,6 @@
 """Expert trajectories: one safetensors file per expert.
 
-``expert_XXX.safetensors`` holds ``image_params`` (E+1, P_img) and ``text_params``
+``expert_XXX.safetensors`` contains ``image_params`` (E+1, P_img) and ``text_params``
 (E+1, P_txt), row e being the trainable parameters after e epochs (row 0: the pretrained
 start), in the storage dtype, plus the expert's per-pair forgetting statistics. The
 metadata identifies the data set, the models and the parameter layouts, so that a
