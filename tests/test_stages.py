@@ -36,6 +36,8 @@ def test_train_full_beats_chance(make_config, tmp_path):
     # chance: R@1 = 1/120, R@10 = 10/120, mean of the six recalls about 4.4%
     assert full["mean"]["r_mean"] > 20.0
     assert full["best_epochs"][0] in (4, 9)
+    (val_score,) = full["val_r_mean"]  # the validation mean recall that selected the epoch
+    assert 4.4 < val_score <= 100.0
 
 
 def test_buffer_distill_evaluate_and_reuse(make_config, tmp_path):

@@ -82,11 +82,13 @@ def test_launcher_runs_jobs(tmp_path, shared_cache, launcher):
     assert budgets == [3, 5]
 
 
-def fake_results(folder, budget, method, values, dataset="tuxpaint"):
+def fake_results(folder, budget, method, values, dataset="tuxpaint", val_values=None):
     folder.mkdir(parents=True, exist_ok=True)
     per_seed = [{key: value for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")} for value in values]
     record = {"kind": "evaluation", "method": method, "num_pairs": budget, "budget": budget, "dataset": dataset,
               "per_seed": per_seed}
+    if val_values is not None:
+        record["val_r_mean"] = val_values
     (folder / "results.json").write_text(json.dumps({"stage": "evaluate", "evaluations": [record]}))
 
 
@@ -111,6 +113,37 @@ def test_report_pools_seeds_and_writes_table(tmp_path):
     assert result["records"] == 4
 
 
+def test_report_ranks_sweep_by_validation(tmp_path, capsys):
+    # three settings of one method: the best test recall belongs to the worst validation score
+    for job, lr, test, val in [("0", 30, [20.0, 22.0], [18.0, 18.0]), ("1", 100, [21.0, 21.0], [25.0, 27.0]),
+                               ("2", 300, [30.0, 30.0], [10.0, 12.0])]:
+        fake_results(tmp_path / "sweep" / job, 20, "distilled", test, val_values=val)
+        (tmp_path / "sweep" / job / ".hydra").mkdir()
+        (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text(
+            f"- +experiment=tuxpaint_tune\n- distill.lr_image={lr}\n- paths.artifacts_dir=/tmp/a\n")
+    fake_results(tmp_path / "sweep" / "3", 20, "random", [5.0, 6.0], val_values=[4.0, 4.0])  # alone in its group
+    assert report_main([str(tmp_path / "sweep"), "--output", str(tmp_path / "report")]) == 0
+
+    lines = (tmp_path / "report" / "selection.md").read_text().splitlines()
+    assert lines[0] == "### tuxpaint, distilled, 20 pairs"
+    rows = [line for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [
+        "| 1 | `distill.lr_image=100` | 26.0 ± 1.4 | 21.0 ± 0.0 | 2 |",
+        "| 2 | `distill.lr_image=30` | 18.0 ± 0.0 | 21.0 ± 1.4 | 2 |",
+        "| 3 | `distill.lr_image=300` | 11.0 ± 1.4 | 30.0 ± 0.0 | 2 |",
+    ]
+    assert "random" not in "\n".join(lines)
+    assert "runs ranked by validation mean recall" in capsys.readouterr().out
+
+
+def test_report_without_validation_writes_no_selection(tmp_path):
+    fake_results(tmp_path / "sweep" / "0", 20, "distilled", [20.0])
+    fake_results(tmp_path / "sweep" / "1", 20, "distilled", [22.0], val_values=[None])
+    result = write_report([tmp_path / "sweep"], tmp_path / "report")
+    assert "selection" not in result
+    assert not (tmp_path / "report" / "selection.md").exists()
+
+
 def test_report_without_results_fails_clearly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert report_main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
@@ -121,3 +154,29 @@ def test_table_experiment_sweeps_all_methods():
     cfg = compose_config(["+experiment=tuxpaint_table"])
     assert cfg.stage == "evaluate"
     assert list(cfg.evaluate.methods) == ["random", "herding", "k_center", "forgetting", "distilled"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tuxpaint_root")
+def test_tune_sweep_ranks_jobs_by_validation(tmp_path, shared_cache, shared_buffer):
+    sweep = tmp_path / "sweep"
+    # the command line narrows the experiment's 3 x 3 grid of rates to 2 jobs
+    overrides = ["-m", "+experiment=tuxpaint_tune", *TINY, "distill.lr_image=10,1000", "distill.lr_text=30",
+                 f"buffer.dir={shared_buffer}",
+                 f"paths.data_dir={DATA_DIR}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
+                 f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run([sys.executable, "-m", "vldd_lightning", *overrides], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(list((tmp_path / "artifacts").glob("distilled/*/distilled.safetensors"))) == 2
+
+    assert report_main([str(sweep), "--output", str(tmp_path / "report")]) == 0
+    lines = (tmp_path / "report" / "selection.md").read_text().splitlines()
+    assert lines[0] == "### tuxpaint, distilled, 6 pairs"
+    rows = [line.split(" | ") for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert [row[0] for row in rows] == ["| 1", "| 2"]
+    assert {row[1] for row in rows} == {"`distill.lr_image=10`", "`distill.lr_image=1000`"}
+    val_means = [float(row[2].split(" ± ")[0]) for row in rows]
+    assert val_means[0] >= val_means[1] > 0
+

@@ -6,6 +6,11 @@ Rows are pair budgets, columns methods (random, herding, k_center, forgetting, d
 then any others found, such as random_x5 or full). A cell reads "TR@1/5/10 ; IR@1/5/10"
 as means over all evaluation seeds, with the standard deviation of the mean recall.
 Writes ``report.md``, ``report.csv`` and ``recall_vs_pairs.png`` to the output folder.
+
+Where several runs evaluated the same method at the same budget with different settings (a
+hyperparameter sweep), ``selection.md`` ranks them by validation mean recall and shows the
+Hydra overrides in which they differ next to their test recall, so that settings are chosen
+on the validation split.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from vldd_lightning.errors import VlddError
 from vldd_lightning.stages.common import METRIC_KEYS, summarise
@@ -130,6 +138,62 @@ def plot(cells: dict[tuple[str, int, str], dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def run_overrides(results_file: str) -> list[str]:
+    """Return the Hydra overrides of the run that wrote ``results_file``, or [] when unknown."""
+    path = Path(results_file).parent / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        log.warning("no overrides for %s: %s", results_file, error)
+        return []
+    if not isinstance(overrides, list):
+        log.warning("no overrides for %s: %s is not a list", results_file, path)
+        return []
+    return [str(item) for item in overrides if not str(item).startswith(("hydra.", "paths."))]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(variance)
+
+
+def selection_table(records: list[dict[str, Any]]) -> str:
+    """Rank runs of the same (dataset, budget, method) by validation mean recall.
+
+    Only groups with at least two runs that all carry validation scores are listed; the
+    test column is shown for reading, never used for the order. Returns "" when no group
+    qualifies.
+    """
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        scores = record.get("val_r_mean") or []
+        if scores and all(score is not None for score in scores):
+            key = (record["dataset"], int(record.get("budget", record["num_pairs"])), record["method"])
+            groups[key].append(record)
+    lines = []
+    for (dataset, budget, method), group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        # the settings column shows only the overrides in which the runs differ
+        overrides = [run_overrides(record["source"]) for record in group]
+        shared = set.intersection(*(set(items) for items in overrides))
+        rows = []
+        for record, items in zip(group, overrides, strict=True):
+            val_mean, val_std = _mean_std(record["val_r_mean"])
+            settings = " ".join(item for item in items if item not in shared) or record["source"]
+            rows.append((val_mean, val_std, settings, record))
+        rows.sort(key=lambda row: -row[0])
+        lines += [f"### {dataset}, {method}, {budget} pairs", "",
+                  "| rank | settings | val mean recall | test mean recall | seeds |", "|---|---|---|---|---|"]
+        for rank, (val_mean, val_std, settings, record) in enumerate(rows, start=1):
+            test_mean, test_std = _mean_std([run["r_mean"] for run in record["per_seed"]])
+            test = f"{test_mean:.1f} ± {test_std:.1f}"
+            lines.append(f"| {rank} | `{settings}` | {val_mean:.1f} ± {val_std:.1f} | {test} | {len(record['val_r_mean'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(folders: list[Path], output: Path) -> dict[str, Any]:
     records = find_evaluations(folders)
     if not records:
@@ -139,7 +203,12 @@ def write_report(folders: list[Path], output: Path) -> dict[str, Any]:
     atomic_write_text(output / "report.md", table + "\n")
     atomic_write_text(output / "report.csv", csv_text(cells))
     plot(cells, output / "recall_vs_pairs.png")
-    return {"report": str(output / "report.md"), "records": len(records), "table": table}
+    result = {"report": str(output / "report.md"), "records": len(records), "table": table}
+    selection = selection_table(records)
+    if selection:
+        atomic_write_text(output / "selection.md", selection)
+        result |= {"selection": str(output / "selection.md"), "selection_table": selection}
+    return result
 
 
 def report_from_config(state: Any) -> dict[str, Any]:
@@ -152,7 +221,9 @@ def report_from_config(state: Any) -> dict[str, Any]:
     output = absolute_path(cfg.report.output) if cfg.report.output else state.run_dir / "report"
     result = write_report(folders, output)
     print(result["table"])
-    return {"report": result["report"], "records": result["records"]}
+    if "selection" in result:
+        print("runs ranked by validation mean recall:\n" + result["selection_table"])
+    return {key: result[key] for key in ("report", "records", "selection") if key in result}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(result["table"])
     print(f"wrote {args.output}/report.md, report.csv and recall_vs_pairs.png")
+    if "selection" in result:
+        print("runs ranked by validation mean recall:\n" + result["selection_table"])
+        print(f"wrote {result['selection']}")
     return 0
 
 
