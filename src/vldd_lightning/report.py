@@ -161,8 +161,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def selection_table(records: list[dict[str, Any]]) -> str:
     """Rank runs of the same (dataset, budget, method) by validation mean recall.
 
-    Only groups with at least two runs that all carry validation scores are listed; the
-    test column is shown for reading, never used for the order. Returns "" when no group
+    Only groups with at least two runs that all carry validation scores are listed. The
+    test column is for reading and never sets the order. Returns "" when no group
     qualifies.
     """
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)

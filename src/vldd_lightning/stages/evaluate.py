@@ -136,8 +136,8 @@ def _record(state: RunState, method: str, num_pairs: int, runs: list[dict[str, A
         "seeds": eval_seeds(state),
         "per_seed": per_seed,
         "best_epochs": [run["best_epoch"] for run in runs],
-        # validation mean recall of each selected epoch (None without select_on_val): the
-        # score to compare hyperparameters by, so that the test split selects nothing
+        # validation mean recall of each selected epoch, or None without select_on_val.
+        # Sweeps compare settings by this score so that the test split selects nothing.
         "val_r_mean": [run.get("best_val_r_mean") for run in runs],
         "protocol": protocol.as_dict(),
         "pair_files": files,
