@@ -92,6 +92,9 @@ def test_missing_group_option_lists_choices():
     (["encoder.image_head=none"], r"encoder\.embed_dim=256 must be null"),
     (["stage=train"], "stage='train' is invalid"),
     (["evaluate.num_eval=0"], r"evaluate\.num_eval=0 must be at least 1"),
+    (["distill.iterations=-5"], r"distill\.iterations=-5 is invalid; it must be at least 1"),
+    (["buffer.epochs=0"], r"buffer\.epochs=0 is invalid"),
+    (["evaluate.protocol.val_every=0"], r"evaluate\.protocol\.val_every=0 is invalid"),
 ])
 def test_cross_field_rules_name_the_fields(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -82,11 +82,13 @@ def test_launcher_runs_jobs(tmp_path, shared_cache, launcher):
     assert budgets == [3, 5]
 
 
-def fake_results(folder, budget, method, values, dataset="tuxpaint", val_values=None):
+def fake_results(folder, budget, method, values, dataset="tuxpaint", val_values=None, seeds=None, num_pairs=None):
     folder.mkdir(parents=True, exist_ok=True)
     per_seed = [{key: value for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")} for value in values]
-    record = {"kind": "evaluation", "method": method, "num_pairs": budget, "budget": budget, "dataset": dataset,
-              "per_seed": per_seed}
+    record = {"kind": "evaluation", "method": method, "num_pairs": num_pairs or budget, "budget": budget,
+              "dataset": dataset, "per_seed": per_seed}
+    if seeds is not None:
+        record["seeds"] = seeds
     if val_values is not None:
         record["val_r_mean"] = val_values
     (folder / "results.json").write_text(json.dumps({"stage": "evaluate", "evaluations": [record]}))
@@ -111,6 +113,24 @@ def test_report_pools_seeds_and_writes_table(tmp_path):
     assert len(rows) == 4
     assert (tmp_path / "report" / "recall_vs_pairs.png").stat().st_size > 1000
     assert result["records"] == 4
+
+
+def test_report_counts_repeated_run_once(tmp_path):
+    # a rerun of the same command reads back the same three students
+    for run in ("first", "rerun"):
+        fake_results(tmp_path / run, 20, "random", [1.0, 3.0, 5.0], seeds=[11, 12, 13])
+    fake_results(tmp_path / "new_seeds", 20, "random", [7.0], seeds=[14])
+    write_report([tmp_path], tmp_path / "report")
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| 20 |"))
+    assert "(mean 4.0 ± 2.6, n=4)" in row
+
+
+def test_report_names_pairs_beside_budget(tmp_path):
+    fake_results(tmp_path / "run", 20, "random", [1.0])
+    fake_results(tmp_path / "run" / "x5", 20, "random_x5", [2.0], num_pairs=100)
+    write_report([tmp_path / "run"], tmp_path / "report")
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| 20 |"))
+    assert row.endswith("(mean 1.0 ± 0.0, n=1) | 2.0/2.0/2.0 ; 2.0/2.0/2.0 (mean 2.0 ± 0.0, n=1, 100 pairs) |")
 
 
 def test_report_ranks_sweep_by_validation(tmp_path, capsys):

@@ -4,7 +4,10 @@ Usage: ``python -m vldd_lightning.report RUN_OR_SWEEP_DIR... [--output DIR]``
 
 Rows are pair budgets, columns methods (random, herding, k_center, forgetting, distilled,
 then any others found, such as random_x5 or full). A cell reads "TR@1/5/10 ; IR@1/5/10"
-as means over all evaluation seeds, with the standard deviation of the mean recall.
+as means over all evaluation seeds, with the standard deviation of the mean recall. Runs
+of one method and budget are pooled whatever their other settings, so give the report
+the folders of one configuration; a student that several runs read back from the same
+cache is counted once.
 Writes ``report.md``, ``report.csv`` and ``recall_vs_pairs.png`` to the output folder.
 
 Where several runs evaluated the same method at the same budget with different settings (a
@@ -56,13 +59,29 @@ def find_evaluations(folders: list[Path]) -> list[dict[str, Any]]:
 
 
 def merge(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str, Any]]:
-    """Pool the seeds of records with the same (dataset, budget, method)."""
+    """Pool the seeds of records with the same (dataset, budget, method).
+
+    A rerun of the same command reads back the same students, so a seed whose metrics are
+    already pooled in its cell is counted once; otherwise repeated runs would inflate the
+    number of seeds and shrink the standard deviation.
+    """
     cells: dict[tuple[str, int, str], dict[str, Any]] = {}
     pooled: dict[tuple[str, int, str], list[dict[str, float]]] = defaultdict(list)
+    seen: set[tuple[Any, ...]] = set()
+    repeats = 0
     for record in records:
         key = (record["dataset"], int(record.get("budget", record["num_pairs"])), record["method"])
-        pooled[key].extend(record["per_seed"])
+        seeds = record.get("seeds") or [None] * len(record["per_seed"])
+        for seed, metrics in zip(seeds, record["per_seed"], strict=True):
+            student = (key, seed, tuple(sorted(metrics.items())))
+            if seed is not None and student in seen:
+                repeats += 1
+                continue
+            seen.add(student)
+            pooled[key].append(metrics)
         cells.setdefault(key, {"num_pairs": record["num_pairs"]})
+    if repeats:
+        log.info("counted %d repeated students (same cell, seed and metrics) once", repeats)
     for key, per_seed in pooled.items():
         cells[key] |= summarise(per_seed) | {"seeds": len(per_seed)}
     return cells
@@ -73,13 +92,15 @@ def _methods(cells: dict[tuple[str, int, str], Any]) -> list[str]:
     return [m for m in METHOD_ORDER if m in found] + sorted(found - set(METHOD_ORDER))
 
 
-def format_cell(cell: dict[str, Any] | None) -> str:
+def format_cell(cell: dict[str, Any] | None, budget: int) -> str:
     if cell is None:
         return "–"
     mean, std = cell["mean"], cell["std"]
     tr = "/".join(f"{mean[k]:.1f}" for k in ("tr@1", "tr@5", "tr@10"))
     ir = "/".join(f"{mean[k]:.1f}" for k in ("ir@1", "ir@5", "ir@10"))
-    return f"{tr} ; {ir} (mean {mean['r_mean']:.1f} ± {std['r_mean']:.1f}, n={cell['seeds']})"
+    # methods such as random_x5 or full train on another number of pairs than the row's budget
+    pairs = f", {cell['num_pairs']} pairs" if cell["num_pairs"] != budget else ""
+    return f"{tr} ; {ir} (mean {mean['r_mean']:.1f} ± {std['r_mean']:.1f}, n={cell['seeds']}{pairs})"
 
 
 def markdown_table(cells: dict[tuple[str, int, str], dict[str, Any]]) -> str:
@@ -91,7 +112,7 @@ def markdown_table(cells: dict[tuple[str, int, str], dict[str, Any]]) -> str:
         lines.append("| pairs | " + " | ".join(methods) + " |")
         lines.append("|---" * (len(methods) + 1) + "|")
         for budget in budgets:
-            row = [format_cell(cells.get((dataset, budget, m))) for m in methods]
+            row = [format_cell(cells.get((dataset, budget, m)), budget) for m in methods]
             lines.append(f"| {budget} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)

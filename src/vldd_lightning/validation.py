@@ -55,19 +55,23 @@ def validate_config(cfg: DictConfig) -> None:
 
     for name in ("train_full", "evaluate.protocol"):
         protocol = cfg.train_full if name == "train_full" else cfg.evaluate.protocol
-        if protocol.epochs < 1 or protocol.batch_size < 1 or protocol.val_every < 1:
-            raise ConfigError(f"{name}.epochs, {name}.batch_size and {name}.val_every must be at least 1")
+        _require_at_least_one(protocol, name, ("epochs", "batch_size", "val_every"))
     if cfg.evaluate.num_eval < 1:
         raise ConfigError(f"evaluate.num_eval={cfg.evaluate.num_eval} must be at least 1")
 
     buffer = cfg.buffer
-    if buffer.num_experts < 1 or buffer.epochs < 1 or buffer.batch_size < 1:
-        raise ConfigError("buffer.num_experts, buffer.epochs and buffer.batch_size must be at least 1")
+    _require_at_least_one(buffer, "buffer", ("num_experts", "epochs", "batch_size"))
     if buffer.augment and buffer.augment_views < 1:
         raise ConfigError(f"buffer.augment_views={buffer.augment_views} must be at least 1 when buffer.augment=true")
 
     if _needs_distillation(cfg):
         _validate_distill(cfg)
+
+
+def _require_at_least_one(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if section[key] < 1:
+            raise ConfigError(f"{prefix}.{key}={section[key]} is invalid; it must be at least 1")
 
 
 def _validate_distill(cfg: DictConfig) -> None:
@@ -79,16 +83,13 @@ def _validate_distill(cfg: DictConfig) -> None:
         )
     if d.mini_batch_size < 2:
         raise ConfigError(f"distill.mini_batch_size={d.mini_batch_size} must be at least 2 for a contrastive loss")
-    if d.max_start_epoch < 1 or d.expert_epochs < 1:
-        raise ConfigError("distill.max_start_epoch and distill.expert_epochs must be at least 1")
+    _require_at_least_one(d, "distill", ("max_start_epoch", "expert_epochs", "syn_steps", "iterations"))
     if not cfg.buffer.dir and d.max_start_epoch - 1 + d.expert_epochs > cfg.buffer.epochs:
         raise ConfigError(
             f"distill.max_start_epoch={d.max_start_epoch} plus distill.expert_epochs={d.expert_epochs} "
             f"reaches epoch {d.max_start_epoch - 1 + d.expert_epochs}, beyond the trajectories of "
             f"buffer.epochs={cfg.buffer.epochs}; lower them or raise buffer.epochs"
         )
-    if d.syn_steps < 1 or d.iterations < 1:
-        raise ConfigError("distill.syn_steps and distill.iterations must be at least 1")
     for key in ("lr_image", "lr_text", "lr_lr", "syn_lr_init", "syn_lr_min"):
         if not d[key] > 0:
             raise ConfigError(f"distill.{key}={d[key]} must be positive")
@@ -102,5 +103,4 @@ def _validate_distill(cfg: DictConfig) -> None:
             f"distill.image_weight={d.image_weight} and distill.text_weight={d.text_weight} must be "
             "non-negative and not both zero"
         )
-    if d.max_consecutive_skips < 1 or d.checkpoint_every < 1:
-        raise ConfigError("distill.max_consecutive_skips and distill.checkpoint_every must be at least 1")
+    _require_at_least_one(d, "distill", ("max_consecutive_skips", "checkpoint_every"))

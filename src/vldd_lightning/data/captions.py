@@ -106,8 +106,13 @@ def read_blip_split(path: Path, split: str, image_root: Path, key_hint: str = "d
         raise DataError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
     builder = _SplitBuilder(split, image_root)
     for number, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "image" not in entry or "caption" not in entry:
-            raise DataError(f"{path}: entry {number} lacks the 'image' and 'caption' fields of the BLIP format")
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: entry {number} is a {type(entry).__name__}, not an object with the "
+                            "'image' and 'caption' fields of the BLIP format")
+        missing = [field for field in ("image", "caption") if field not in entry]
+        if missing:
+            raise DataError(f"{path}: entry {number} lacks the field {' and '.join(map(repr, missing))} "
+                            "of the BLIP format")
         captions = entry["caption"]
         captions = [captions] if isinstance(captions, str) else captions
         if not isinstance(captions, list):
