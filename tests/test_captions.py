@@ -82,7 +82,7 @@ def test_invalid_json_is_reported(tmp_path):
 
 def test_entry_without_fields_is_reported(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps([{"file": "a.jpg"}]))
-    with pytest.raises(DataError, match="entry 0 lacks the field 'image' and 'caption'"):
+    with pytest.raises(DataError, match="entry 0 lacks the fields 'image' and 'caption'"):
         read_blip_split(tmp_path / "x.json", "train", tmp_path)
     (tmp_path / "y.json").write_text(json.dumps([{"image": "a.jpg", "caption": "a dog"}, {"image": "b.jpg"}]))
     with pytest.raises(DataError, match="entry 1 lacks the field 'caption' of"):

@@ -5,9 +5,9 @@ Usage: ``python -m vldd_lightning.report RUN_OR_SWEEP_DIR... [--output DIR]``
 Rows are pair budgets, columns methods (random, herding, k_center, forgetting, distilled,
 then any others found, such as random_x5 or full). A cell reads "TR@1/5/10 ; IR@1/5/10"
 as means over all evaluation seeds, with the standard deviation of the mean recall. Runs
-of one method and budget are pooled whatever their other settings, so give the report
-the folders of one configuration; a student that several runs read back from the same
-cache is counted once.
+of one method and budget are pooled whatever their other settings, so give the report the
+folders of one configuration. A student that several runs read back from the same cache
+is counted once.
 Writes ``report.md``, ``report.csv`` and ``recall_vs_pairs.png`` to the output folder.
 
 Where several runs evaluated the same method at the same budget with different settings (a
@@ -62,8 +62,8 @@ def merge(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str,
     """Pool the seeds of records with the same (dataset, budget, method).
 
     A rerun of the same command reads back the same students, so a seed whose metrics are
-    already pooled in its cell is counted once; otherwise repeated runs would inflate the
-    number of seeds and shrink the standard deviation.
+    already pooled in its cell is counted once. Counting it again would inflate the number
+    of seeds and shrink the standard deviation.
     """
     cells: dict[tuple[str, int, str], dict[str, Any]] = {}
     pooled: dict[tuple[str, int, str], list[dict[str, float]]] = defaultdict(list)

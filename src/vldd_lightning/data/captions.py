@@ -111,7 +111,7 @@ def read_blip_split(path: Path, split: str, image_root: Path, key_hint: str = "d
                             "'image' and 'caption' fields of the BLIP format")
         missing = [field for field in ("image", "caption") if field not in entry]
         if missing:
-            raise DataError(f"{path}: entry {number} lacks the field {' and '.join(map(repr, missing))} "
+            raise DataError(f"{path}: entry {number} lacks the field{'s' if len(missing) > 1 else ''} {' and '.join(map(repr, missing))} "
                             "of the BLIP format")
         captions = entry["caption"]
         captions = [captions] if isinstance(captions, str) else captions
