@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import logging
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from vldd_lightning.errors import VlddError
-from vldd_lightning.stages.common import METRIC_KEYS, summarise
+from vldd_lightning.stages.common import METRIC_KEYS, mean_and_std, summarise
 from vldd_lightning.utils.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,11 @@ def find_evaluations(folders: list[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def cell_key(record: dict[str, Any]) -> tuple[str, int, str]:
+    """Return the (dataset, budget, method) cell that an evaluation record belongs to."""
+    return record["dataset"], int(record.get("budget", record["num_pairs"])), record["method"]
+
+
 def merge(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str, Any]]:
     """Pool the seeds of records with the same (dataset, budget, method).
 
@@ -70,7 +74,7 @@ def merge(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str,
     seen: set[tuple[Any, ...]] = set()
     repeats = 0
     for record in records:
-        key = (record["dataset"], int(record.get("budget", record["num_pairs"])), record["method"])
+        key = cell_key(record)
         seeds = record.get("seeds") or [None] * len(record["per_seed"])
         for seed, metrics in zip(seeds, record["per_seed"], strict=True):
             student = (key, seed, tuple(sorted(metrics.items())))
@@ -173,12 +177,6 @@ def run_overrides(results_file: str) -> list[str]:
     return [str(item) for item in overrides if not str(item).startswith(("hydra.", "paths."))]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(variance)
-
-
 def selection_table(records: list[dict[str, Any]]) -> str:
     """Rank runs of the same (dataset, budget, method) by validation mean recall.
 
@@ -190,8 +188,7 @@ def selection_table(records: list[dict[str, Any]]) -> str:
     for record in records:
         scores = record.get("val_r_mean") or []
         if scores and all(score is not None for score in scores):
-            key = (record["dataset"], int(record.get("budget", record["num_pairs"])), record["method"])
-            groups[key].append(record)
+            groups[cell_key(record)].append(record)
     lines = []
     for (dataset, budget, method), group in sorted(groups.items()):
         if len(group) < 2:
@@ -201,14 +198,14 @@ def selection_table(records: list[dict[str, Any]]) -> str:
         shared = set.intersection(*(set(items) for items in overrides))
         rows = []
         for record, items in zip(group, overrides, strict=True):
-            val_mean, val_std = _mean_std(record["val_r_mean"])
+            val_mean, val_std = mean_and_std(record["val_r_mean"])
             settings = " ".join(item for item in items if item not in shared) or record["source"]
             rows.append((val_mean, val_std, settings, record))
         rows.sort(key=lambda row: -row[0])
         lines += [f"### {dataset}, {method}, {budget} pairs", "",
                   "| rank | settings | val mean recall | test mean recall | seeds |", "|---|---|---|---|---|"]
         for rank, (val_mean, val_std, settings, record) in enumerate(rows, start=1):
-            test_mean, test_std = _mean_std([run["r_mean"] for run in record["per_seed"]])
+            test_mean, test_std = mean_and_std([run["r_mean"] for run in record["per_seed"]])
             test = f"{test_mean:.1f} ± {test_std:.1f}"
             lines.append(f"| {rank} | `{settings}` | {val_mean:.1f} ± {val_std:.1f} | {test} | {len(record['val_r_mean'])} |")
         lines.append("")

@@ -165,14 +165,18 @@ def artifact_dir(ctx: ExperimentContext, kind: str, label: str, parts: dict[str,
     return ctx.paths["artifacts_dir"] / kind / f"{label}-{stable_hash(parts, 12)}"
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Return the mean and the sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(variance)
+
+
 def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and sample standard deviation of each metric over seeds."""
     mean, std = {}, {}
     for key in METRIC_KEYS:
-        values = [run[key] for run in per_seed]
-        mu = sum(values) / len(values)
-        mean[key] = mu
-        std[key] = math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        mean[key], std[key] = mean_and_std([run[key] for run in per_seed])
     return {"mean": mean, "std": std}
 
 
